@@ -1,0 +1,1 @@
+"""Smart-meter readings pipeline on Spark Structured Streaming and Delta Lake."""

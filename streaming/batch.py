@@ -1,0 +1,271 @@
+"""The foreachBatch handler: raw append, quarantine, staging MERGE, presentation refresh.
+
+`Pipeline` holds what lives across micro-batches (config, the conformed
+dimensions, the checkpoint's query id) and serialises every lake write behind
+one lock, so a dimension refresh from a timer never interleaves with a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from streaming import dimensions, sinks, transforms
+from streaming.config import Config
+
+log = logging.getLogger(__name__)
+
+CRASH_ENV = "SMART_METER_CRASH_AT"  # test hook: kill the process at a named point
+
+
+def crash_point(name: str) -> None:
+    """Kill this process with SIGKILL when the test hook names this point."""
+    if os.environ.get(CRASH_ENV) == name:
+        log.warning("crash hook: killing the process at %s", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Pipeline:
+    """State and writes of one running pipeline (one checkpoint, one lake)."""
+
+    def __init__(self, spark: SparkSession, cfg: Config) -> None:
+        self.spark = spark
+        self.cfg = cfg
+        self.lake = sinks.LakePaths(cfg.lake)
+        self.lock = threading.RLock()
+        self.dims: dimensions.Conformed | None = None
+        self.db_signature: tuple[int, int, int] | None = None
+        self.app_id: str | None = None
+        self.batches: list[dict[str, Any]] = []
+        self.failure = False  # set by a background refresh that failed
+
+    # ------------------------------------------------------------ dimensions
+
+    def prepare(self) -> None:
+        """Create the tables and bring the dimensions (and what depends on them) up to date."""
+        with self.lock:
+            sinks.ensure_tables(self.spark, self.lake)
+            self.refresh_dimensions(force=True)
+
+    def refresh_dimensions(self, force: bool = False) -> bool:
+        """Reload the SQLite dimensions if the file changed; True if anything was reloaded.
+
+        On a change, staging rows whose attribution changes are re-attributed and
+        the presentation dates they feed recomputed; the raw dimension tables are
+        landed last, so a crash before the end redoes the whole refresh.
+        """
+        with self.lock:
+            signature = dimensions.db_signature(self.cfg.db)
+            if not force and signature == self.db_signature:
+                return False
+            source = dimensions.read_sqlite(self.cfg.db)
+            self.db_signature = signature
+            if self.dims is not None and self.dims.fingerprint == source.fingerprint:
+                return False
+            fresh = dimensions.conformed_dataframes(self.spark, source)
+            landed = dimensions.landed_fingerprint(self.spark, self.lake("raw/agreement"))
+            if landed != source.fingerprint:
+                previous = self._landed_dimensions()
+                self._reattribute(fresh, previous)
+                dimensions.land_raw(self.spark, self.lake, source)
+                log.info("dimensions landed (fingerprint %s…)", source.fingerprint[:12])
+            self._write_active_agreements(fresh)
+            old, self.dims = self.dims, fresh
+            if old is not None:
+                for df in (old.segments_df, old.meterpoints_df, old.agreements_df):
+                    df.unpersist()
+            return True
+
+    def _landed_dimensions(self) -> dimensions.Conformed | None:
+        """The conformed view of the dimensions last landed in raw/*, if any."""
+        tables = {}
+        for name in dimensions.TABLES:
+            location = self.lake(f"raw/{name}")
+            if not sinks.DeltaTable.isDeltaTable(self.spark, location):
+                return None
+            df = self.spark.read.format("delta").load(location)
+            rows = tuple(tuple(r) for r in df.collect())
+            tables[name] = dimensions.SourceTable(name, tuple(df.columns), tuple("" for _ in df.columns), rows)
+        return dimensions.conformed_dataframes(
+            self.spark, dimensions.Dimensions(tables=tables, fingerprint="landed")
+        )
+
+    def _reattribute(self, fresh: dimensions.Conformed, previous: dimensions.Conformed | None) -> None:
+        """Re-join staging rows of meterpoints whose attribution may change; refresh their dates."""
+        staging = self.spark.read.format("delta").load(self.lake(sinks.STAGING))
+        if previous is None:
+            affected = staging.select("meterpoint_id").distinct()
+        else:
+            affected = _changed_meterpoints(previous, fresh)
+        rows = staging.join(F.broadcast(affected), "meterpoint_id", "left_semi")
+        re_attributed = transforms.with_attribution(rows, fresh.segments_df, fresh.meterpoints_df)
+        re_attributed = re_attributed.persist()
+        try:
+            dates = sorted(r[0] for r in re_attributed.select("reading_date").distinct().collect())
+            if not dates:
+                return
+            log.info("dimension change: re-attributing %d meterpoint(s) over %d date(s)",
+                     affected.count(), len(dates))
+            sinks.update_attribution(
+                self.spark, self.lake(sinks.STAGING), re_attributed,
+                list(transforms.ATTRIBUTION_COLUMNS),
+            )
+            self.refresh_presentation(dates)
+        finally:
+            re_attributed.unpersist()
+
+    def _write_active_agreements(self, dims: dimensions.Conformed) -> None:
+        fresh = transforms.active_agreements(dims.agreements_df, self.cfg.as_of)
+        sinks.replace_if_changed(self.spark, self.lake(sinks.ACTIVE_AGREEMENTS), fresh)
+
+    # ------------------------------------------------------------ batches
+
+    def query_app_id(self) -> str:
+        """Delta txnAppId of this pipeline: the checkpoint's persistent query id.
+
+        A new checkpoint (a reprocess from scratch) gets a new id, so Delta never
+        mistakes its batch 0 for an old one.
+        """
+        if self.app_id is None:
+            meta = self.spark.read.text(f"{self.cfg.readings_checkpoint}/metadata").first()
+            if meta is None:
+                raise RuntimeError(f"checkpoint {self.cfg.readings_checkpoint} has no metadata")
+            self.app_id = "smart-meter-" + str(json.loads(meta[0])["id"])
+        return self.app_id
+
+    def process_batch(self, batch_df: DataFrame, batch_id: int) -> None:
+        """foreachBatch handler; any exception fails the query (the batch is replayed on restart)."""
+        with self.lock:
+            self._process(batch_df, batch_id)
+
+    def _process(self, batch_df: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
+        spark = batch_df.sparkSession
+        self.refresh_dimensions()
+        assert self.dims is not None
+        app_id = self.query_app_id()
+        ingested_at = datetime.now(UTC).replace(tzinfo=None)
+        parsed = batch_df.persist()
+        try:
+            counts = _batch_counts(parsed)
+            if counts["files"] == 0:
+                return
+            self._write_raw(parsed, app_id, batch_id, ingested_at)
+            crash_point("after_raw")
+            self._write_quarantine(parsed, app_id, batch_id, ingested_at)
+            readings = transforms.latest_wins(transforms.valid_readings(parsed))
+            attributed = transforms.with_attribution(
+                readings, self.dims.segments_df, self.dims.meterpoints_df
+            )
+            staged = transforms.to_staging(attributed, F.lit(ingested_at).cast("timestamp"))
+            staged = staged.persist()
+            try:
+                dates = sorted(r[0] for r in staged.select("reading_date").distinct().collect())
+                if dates:
+                    sinks.merge_staging(spark, self.lake(sinks.STAGING), staged, dates)
+                    crash_point("after_staging")
+                    self.refresh_presentation(dates)
+                counts["readings_staged"] = staged.count()
+            finally:
+                staged.unpersist()
+            counts["dates"] = len(dates)
+        finally:
+            parsed.unpersist()
+        counts["batch_id"] = batch_id
+        counts["duration_s"] = round(time.monotonic() - started, 2)
+        self.batches.append(counts)
+        log.info("batch %s", json.dumps(counts, default=str))
+
+    def _write_raw(self, parsed: DataFrame, app_id: str, batch_id: int, ingested_at: datetime) -> None:
+        files = transforms.file_records(parsed)
+        names = sorted(
+            r[0] for r in files.select(F.explode("columns")).distinct().collect() if r[0] is not None
+        )
+        rows = transforms.row_records(parsed)
+        raw = rows.select(
+            *[F.col("raw_values")[n].alias(sinks.raw_column_name(n)) for n in names],
+            "source_file",
+            "file_modification_time",
+            F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
+            F.lit(batch_id).cast("long").alias("batch_id"),
+        )
+        sinks.append_idempotent(raw, self.lake(sinks.RAW_READINGS), app_id, batch_id, merge_schema=True)
+
+    def _write_quarantine(self, parsed: DataFrame, app_id: str, batch_id: int, ingested_at: datetime) -> None:
+        at = F.lit(ingested_at).cast("timestamp").alias("ingested_at")
+        bad_files = transforms.file_records(parsed).filter(F.col("file_error").isNotNull())
+        sinks.append_idempotent(
+            bad_files.select("source_file", F.col("file_error").alias("reason"), at),
+            self.lake(sinks.QUARANTINE_FILES), app_id, batch_id,
+        )
+        bad_rows = transforms.row_records(parsed).filter(F.col("reason").isNotNull())
+        sinks.append_idempotent(
+            bad_rows.select(
+                F.col("raw_values")["interval_start"].alias("interval_start"),
+                F.col("raw_values")["consumption_delta"].alias("consumption_delta"),
+                F.col("raw_values")["meterpoint_id"].alias("meterpoint_id"),
+                F.col("row_json").alias("row"),
+                "row_index",
+                "source_file",
+                "reason",
+                at,
+            ),
+            self.lake(sinks.QUARANTINE_READINGS), app_id, batch_id,
+        )
+
+    def refresh_presentation(self, dates: Sequence[date]) -> None:
+        """Recompute every presentation table for `dates` from staging and MERGE it in."""
+        staging = (
+            self.spark.read.format("delta")
+            .load(self.lake(sinks.STAGING))
+            .filter(F.col("reading_date").isin(list(dates)))
+            .persist()
+        )
+        try:
+            fresh = {
+                sinks.HALF_HOUR: transforms.half_hour_totals(staging),
+                sinks.PRODUCT_DAY: transforms.product_day_totals(staging),
+                sinks.GOLD_HALF_HOUR: transforms.gold_aggregate_per_half_hour(staging),
+                sinks.GOLD_PRODUCT_HALF_HOUR: transforms.gold_avg_half_hour_by_product(staging),
+            }
+            for i, (table, df) in enumerate(fresh.items()):
+                sinks.merge_recomputed(self.spark, self.lake(table), table, df, dates)
+                if i == 1:
+                    crash_point("mid_presentation")
+        finally:
+            staging.unpersist()
+
+
+def _batch_counts(parsed: DataFrame) -> dict[str, Any]:
+    """Files, rows and quarantined counts of a micro-batch, in one pass."""
+    is_file = F.col("kind") == "file"
+    row = parsed.agg(
+        F.sum(is_file.cast("int")).alias("files"),
+        F.sum((is_file & F.col("file_error").isNotNull()).cast("int")).alias("files_quarantined"),
+        F.sum((~is_file).cast("int")).alias("rows"),
+        F.sum((~is_file & F.col("reason").isNotNull()).cast("int")).alias("rows_quarantined"),
+    ).first()
+    assert row is not None
+    return {k: int(v or 0) for k, v in row.asDict().items()}
+
+
+def _changed_meterpoints(old: dimensions.Conformed, new: dimensions.Conformed) -> DataFrame:
+    """Meterpoints whose agreement segments or region differ between two dimension sets."""
+    seg_cols = old.segments_df.columns
+    seg_diff = old.segments_df.select(*seg_cols).exceptAll(new.segments_df.select(*seg_cols)).union(
+        new.segments_df.select(*seg_cols).exceptAll(old.segments_df.select(*seg_cols))
+    )
+    mp_diff = old.meterpoints_df.exceptAll(new.meterpoints_df).union(
+        new.meterpoints_df.exceptAll(old.meterpoints_df)
+    )
+    return seg_diff.select("meterpoint_id").union(mp_diff.select("meterpoint_id")).distinct()

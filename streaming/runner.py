@@ -1,0 +1,231 @@
+"""The service runner: one writer per checkpoint, the three trigger modes, clean stops."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
+
+from streaming import source
+from streaming.batch import Pipeline
+from streaming.config import Config
+
+log = logging.getLogger(__name__)
+
+QUERY_NAME = "smart_meter_readings"
+
+
+class PipelineError(RuntimeError):
+    """The pipeline cannot start or has failed; the message is for the operator."""
+
+
+class CheckpointInUse(PipelineError):
+    """Another process holds the checkpoint."""
+
+
+def check_inputs(cfg: Config) -> None:
+    """Fail before anything is written when an input is missing."""
+    if "://" not in cfg.readings and not Path(cfg.readings.removeprefix("file:")).is_dir():
+        raise PipelineError(f"readings folder not found: {cfg.readings}")
+    if not Path(cfg.db).is_file():
+        raise PipelineError(f"dimension database not found: {cfg.db}")
+
+
+def _lock_path(checkpoints: str) -> Path:
+    if "://" in checkpoints and not checkpoints.startswith("file:"):
+        # remote checkpoints: the lock guards this host only
+        digest = hashlib.sha256(checkpoints.encode()).hexdigest()[:16]
+        folder = Path.home() / ".cache" / "smart-meter" / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{digest}.lock"
+    folder = Path(checkpoints.removeprefix("file:"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / ".lock"
+
+
+@contextmanager
+def checkpoint_lock(checkpoints: str) -> Iterator[None]:
+    """Hold an exclusive lock on the checkpoint folder for the life of the process.
+
+    `flock` is released by the kernel when the holder dies, even by kill -9, so a
+    crash never locks the next run out.
+    """
+    path = _lock_path(checkpoints)
+    handle: IO[str] = open(path, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise CheckpointInUse(f"checkpoint {checkpoints} is in use by {holder}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{datetime.now(UTC).isoformat(timespec='seconds')}\n"
+        )
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set a flag the run loops watch; the batch in flight finishes."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping after the batch in flight", signal.Signals(signum).name)
+        self.event.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self.event.is_set()
+
+
+def start_query(spark: SparkSession, cfg: Config, pipeline: Pipeline, trigger: str) -> StreamingQuery:
+    """Start the readings query with the given trigger (`available-now` or `processing-time`)."""
+    writer = (
+        source.read_readings_stream(spark, cfg)
+        .writeStream.queryName(QUERY_NAME)
+        .option("checkpointLocation", cfg.readings_checkpoint)
+        .foreachBatch(pipeline.process_batch)
+    )
+    if trigger == "available-now":
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=cfg.processing_interval)
+    return writer.start()
+
+
+def await_query(query: StreamingQuery, stop: StopSignal, poll_seconds: float = 0.5) -> None:
+    """Wait for the query to end, or stop it on a signal; raise if it failed."""
+    while query.isActive:
+        if stop.stopping:
+            query.stop()  # returns once the batch in flight is done
+            break
+        query.awaitTermination(poll_seconds)
+    error = query.exception()
+    if error is not None:
+        raise PipelineError(f"streaming query failed: {error.desc}")  # type: ignore[attr-defined]
+
+
+def run_available_now(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop: StopSignal) -> None:
+    """Process every file not yet processed, then return."""
+    query = start_query(spark, cfg, pipeline, "available-now")
+    await_query(query, stop)
+
+
+def run_processing_time(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop: StopSignal) -> None:
+    """A long-running stream; a timer also picks up dimension changes between batches."""
+    query = start_query(spark, cfg, pipeline, "processing-time")
+    with _dimension_watch(pipeline, stop, query):
+        await_query(query, stop)
+
+
+@contextmanager
+def _dimension_watch(pipeline: Pipeline, stop: StopSignal, query: StreamingQuery | None) -> Iterator[None]:
+    """Check the SQLite file every `dims_check_seconds` even when no files arrive.
+
+    A stat per check is cheap; a change is reloaded under the pipeline's lock, so
+    it never interleaves with a micro-batch. A failure stops the query loudly.
+    """
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(pipeline.cfg.dims_check_seconds):
+            try:
+                pipeline.refresh_dimensions()
+            except Exception:
+                log.exception("dimension refresh failed; stopping")
+                pipeline.failure = True
+                stop.event.set()
+                return
+
+    thread = threading.Thread(target=loop, name="dimension-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    if pipeline.failure:
+        raise PipelineError("dimension refresh failed (see the log above)")
+
+
+def run_watch(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop: StopSignal) -> None:
+    """Event-driven: watchdog sees new files; each burst starts one available-now run."""
+    from streaming.watch import FileArrivals
+
+    arrivals = FileArrivals(cfg.readings)
+    with arrivals, _dimension_watch(pipeline, stop, None):
+        # files that arrived while the service was down
+        run_available_now(spark, cfg, pipeline, stop)
+        while not stop.stopping:
+            if not arrivals.wait(timeout=0.5):
+                continue
+            arrivals.settle(cfg.watch_debounce_seconds, stop.event)
+            if stop.stopping:
+                break
+            started = time.monotonic()
+            run_available_now(spark, cfg, pipeline, stop)
+            log.info("watch: run finished in %.2f s", time.monotonic() - started)
+
+
+MODES = {
+    "available-now": run_available_now,
+    "processing-time": run_processing_time,
+    "watch": run_watch,
+}
+
+
+def run(cfg: Config, master: str | None = None, report: bool = False,
+        spark: SparkSession | None = None) -> Pipeline:
+    """Check inputs, take the checkpoint lock, start Spark and run the configured mode.
+
+    `spark` lets a caller (a test, a notebook) reuse a warm session.
+    """
+    from streaming.dimensions import DimensionError
+    from streaming.report import summary_lines
+    from streaming.session import build_session
+
+    check_inputs(cfg)
+    stop = StopSignal()
+    stop.install()
+    with checkpoint_lock(cfg.checkpoints):
+        started = time.monotonic()
+        spark = spark or build_session(cfg, master=master)
+        log.info("spark %s up in %.1f s (master %s)", spark.version,
+                 time.monotonic() - started, spark.sparkContext.master)
+        pipeline = Pipeline(spark, cfg)
+        try:
+            pipeline.prepare()
+            if not stop.stopping:
+                MODES[cfg.trigger](spark, cfg, pipeline, stop)
+        except DimensionError as exc:
+            raise PipelineError(str(exc)) from exc
+        log.info("done: %d batch(es) in %.1f s", len(pipeline.batches), time.monotonic() - started)
+        if report:
+            print("\n".join(summary_lines(spark, pipeline.lake)))
+        return pipeline

@@ -1,0 +1,116 @@
+"""The readings source: a file stream on the readings folder, each file parsed whole."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from streaming import schemas
+from streaming.config import Config
+from streaming.parsing import parse_readings
+
+_RAW_VALUES = pa.map_(pa.string(), pa.string())
+
+
+def read_readings_stream(spark: SparkSession, cfg: Config) -> DataFrame:
+    """A streaming DataFrame of parsed records (schema `schemas.PARSED`).
+
+    `binaryFile` hands each file over whole, so one-line and pretty-printed JSON
+    are parsed alike and a broken file is one bad record, not a broken query.
+    Names starting with `.` or `_` are skipped by Spark's file listing.
+    """
+    reader = (
+        spark.readStream.format("binaryFile")
+        .schema(schemas.BINARY_FILE)
+        .option("pathGlobFilter", "*.json")
+        .option("maxFileAge", cfg.max_file_age)
+    )
+    if cfg.max_files_per_trigger > 0:
+        reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
+    files_df = reader.load(cfg.readings)
+    return parse_files(files_df, cfg.timezone)
+
+
+def parse_files(files_df: DataFrame, tz_name: str) -> DataFrame:
+    """DataFrame of files (`path`, `modificationTime`, `content`) -> parsed records."""
+    return files_df.select("path", "modificationTime", "content").mapInArrow(
+        arrow_parser(tz_name), schemas.PARSED
+    )
+
+
+def arrow_parser(tz_name: str) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The executor-side function: Arrow batches of files -> Arrow batches of records."""
+
+    def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield _parse_batch(batch, tz_name)
+
+    return parse_batches
+
+
+def _parse_batch(batch: pa.RecordBatch, tz_name: str) -> pa.RecordBatch:
+    paths = batch.column("path")
+    mtimes = batch.column("modificationTime")
+    contents = batch.column("content").to_pylist()
+    cols: dict[str, list] = {name: [] for name in schemas.PARSED.fieldNames()}
+    file_of_record: list[int] = []
+
+    def pad(n: int, *names: str) -> None:
+        for name in names:
+            cols[name].extend([None] * n)
+
+    for f, content in enumerate(contents):
+        parsed = parse_readings(content or b"", tz_name)
+        n = len(parsed.row_index)
+        # the file record
+        file_of_record.append(f)
+        cols["kind"].append("file")
+        cols["columns"].append(parsed.columns)
+        cols["file_error"].append(parsed.error)
+        pad(1, "row_index", "raw_values", "row_json", "meterpoint_id", "interval_start_us",
+            "interval_start_local_us", "consumption_kwh", "reason")
+        # its rows
+        file_of_record.extend([f] * n)
+        cols["kind"].extend(["row"] * n)
+        pad(n, "columns", "file_error")
+        cols["row_index"].extend(parsed.row_index)
+        cols["raw_values"].extend(parsed.values)
+        cols["row_json"].extend(parsed.row_json)
+        cols["meterpoint_id"].extend(parsed.meterpoint_id)
+        cols["interval_start_us"].extend(parsed.interval_start_us)
+        cols["interval_start_local_us"].extend(parsed.interval_start_local_us)
+        cols["consumption_kwh"].extend(parsed.consumption_kwh)
+        cols["reason"].extend(parsed.reason)
+    take = pa.array(file_of_record, type=pa.int32())
+    arrays = {
+        "kind": pa.array(cols["kind"], pa.string()),
+        "source_file": paths.take(take),
+        "file_modification_time": mtimes.take(take),
+        "columns": pa.array(cols["columns"], pa.list_(pa.string())),
+        "file_error": pa.array(cols["file_error"], pa.string()),
+        "row_index": pa.array(cols["row_index"], pa.int32()),
+        "raw_values": pa.array(cols["raw_values"], _RAW_VALUES),
+        "row_json": pa.array(cols["row_json"], pa.string()),
+        "meterpoint_id": pa.array(cols["meterpoint_id"], pa.string()),
+        "interval_start_us": pa.array(cols["interval_start_us"], pa.int64()),
+        "interval_start_local_us": pa.array(cols["interval_start_local_us"], pa.int64()),
+        "consumption_kwh": pa.array(cols["consumption_kwh"], pa.float64()),
+        "reason": pa.array(cols["reason"], pa.string()),
+    }
+    return pa.RecordBatch.from_arrays(
+        [arrays[name] for name in schemas.PARSED.fieldNames()],
+        names=schemas.PARSED.fieldNames(),
+    )
+
+
+def micros_to_timestamp(us: Column) -> Column:
+    """UTC microseconds -> TIMESTAMP (an instant)."""
+    return F.timestamp_micros(us)
+
+
+def micros_to_local(us: Column) -> Column:
+    """Wall-clock microseconds -> TIMESTAMP_NTZ (the session time zone is UTC)."""
+    return F.timestamp_micros(us).cast("timestamp_ntz")

@@ -1,0 +1,55 @@
+"""Shared fixtures: one Spark session per test run; data, lake and checkpoints under tmp_path."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql import SparkSession
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from streaming.config import Config, load_config  # noqa: E402
+from streaming.session import build_session  # noqa: E402
+
+TEST_SPARK = {
+    "spark.master": "local[2]",
+    "spark.sql.shuffle.partitions": "2",
+    "spark.default.parallelism": "2",
+    "spark.ui.enabled": "false",
+}
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[SparkSession]:
+    cfg = load_config(spark=TEST_SPARK)
+    session = build_session(cfg)
+    yield session
+    session.stop()
+
+
+def make_config(tmp: Path, readings: Path | None = None, db: Path | None = None, **overrides: Any) -> Config:
+    """A config whose paths all live under `tmp` (created as needed)."""
+    readings = readings or tmp / "readings"
+    readings.mkdir(parents=True, exist_ok=True)
+    return load_config(
+        readings=str(readings),
+        db=str(db or tmp / "case_study.db"),
+        lake=str(tmp / "lake"),
+        checkpoints=str(tmp / "checkpoints"),
+        spark=TEST_SPARK,
+        **overrides,
+    )
+
+
+def read_tables(spark: SparkSession, lake: str, names: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Lake tables as lists of dicts (small test data only)."""
+    return {
+        name: [r.asDict() for r in spark.read.format("delta").load(f"{lake}/{name}").collect()]
+        for name in names
+    }
