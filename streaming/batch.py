@@ -13,8 +13,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -103,6 +105,8 @@ class Pipeline:
     def _reattribute(self, fresh: dimensions.Conformed, previous: dimensions.Conformed | None) -> None:
         """Re-join staging rows of meterpoints whose attribution may change; refresh their dates."""
         staging = self.spark.read.format("delta").load(self.lake(sinks.STAGING))
+        if staging.isEmpty():
+            return
         if previous is None:
             affected = staging.select("meterpoint_id").distinct()
         else:
@@ -160,9 +164,11 @@ class Pipeline:
             counts = _batch_counts(parsed)
             if counts["files"] == 0:
                 return
-            self._write_raw(parsed, app_id, batch_id, ingested_at)
+            writes = [partial(self._write_raw, parsed, app_id, batch_id, ingested_at)]
+            if counts["files_quarantined"] or counts["rows_quarantined"]:
+                writes.append(partial(self._write_quarantine, parsed, app_id, batch_id, ingested_at))
+            in_parallel(writes)
             crash_point("after_raw")
-            self._write_quarantine(parsed, app_id, batch_id, ingested_at)
             readings = transforms.latest_wins(transforms.valid_readings(parsed))
             attributed = transforms.with_attribution(
                 readings, self.dims.segments_df, self.dims.meterpoints_df
@@ -204,12 +210,14 @@ class Pipeline:
     def _write_quarantine(self, parsed: DataFrame, app_id: str, batch_id: int, ingested_at: datetime) -> None:
         at = F.lit(ingested_at).cast("timestamp").alias("ingested_at")
         bad_files = transforms.file_records(parsed).filter(F.col("file_error").isNotNull())
-        sinks.append_idempotent(
+        bad_rows = transforms.row_records(parsed).filter(F.col("reason").isNotNull())
+        files_write = partial(
+            sinks.append_idempotent,
             bad_files.select("source_file", F.col("file_error").alias("reason"), at),
             self.lake(sinks.QUARANTINE_FILES), app_id, batch_id,
         )
-        bad_rows = transforms.row_records(parsed).filter(F.col("reason").isNotNull())
-        sinks.append_idempotent(
+        rows_write = partial(
+            sinks.append_idempotent,
             bad_rows.select(
                 F.col("raw_values")["interval_start"].alias("interval_start"),
                 F.col("raw_values")["consumption_delta"].alias("consumption_delta"),
@@ -222,6 +230,7 @@ class Pipeline:
             ),
             self.lake(sinks.QUARANTINE_READINGS), app_id, batch_id,
         )
+        in_parallel([files_write, rows_write])
 
     def refresh_presentation(self, dates: Sequence[date]) -> None:
         """Recompute every presentation table for `dates` from staging and MERGE it in."""
@@ -238,12 +247,27 @@ class Pipeline:
                 sinks.GOLD_HALF_HOUR: transforms.gold_aggregate_per_half_hour(staging),
                 sinks.GOLD_PRODUCT_HALF_HOUR: transforms.gold_avg_half_hour_by_product(staging),
             }
-            for i, (table, df) in enumerate(fresh.items()):
-                sinks.merge_recomputed(self.spark, self.lake(table), table, df, dates)
-                if i == 1:
-                    crash_point("mid_presentation")
+            # Four independent tables: their MERGEs run side by side (each commit
+            # is mostly driver latency on small data).
+            in_parallel(
+                [
+                    partial(sinks.merge_recomputed, self.spark, self.lake(table), table, df, dates)
+                    for table, df in fresh.items()
+                ],
+                after_first=partial(crash_point, "mid_presentation"),
+            )
         finally:
             staging.unpersist()
+
+
+def in_parallel(tasks: Sequence[Callable[[], object]], after_first: Callable[[], None] | None = None) -> None:
+    """Run independent lake writes side by side; the first failure is raised."""
+    with ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="lake-write") as pool:
+        futures = [pool.submit(task) for task in tasks]
+        for i, future in enumerate(futures):
+            future.result()
+            if i == 0 and after_first is not None:
+                after_first()
 
 
 def _batch_counts(parsed: DataFrame) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import (
     BooleanType,
     DataType,
@@ -209,8 +210,11 @@ def land_raw(spark: SparkSession, lake_table: Any, dims: Dimensions) -> None:
     fingerprint goes into the commit's userMetadata so a restart can tell
     whether the database changed since it was last landed.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     meta = json.dumps({"source_fingerprint": dims.fingerprint})
-    for name in TABLES:
+
+    def land(name: str) -> None:
         (
             raw_dataframe(spark, dims.tables[name])
             .write.format("delta")
@@ -220,6 +224,9 @@ def land_raw(spark: SparkSession, lake_table: Any, dims: Dimensions) -> None:
             .save(lake_table(f"raw/{name}"))
         )
 
+    with ThreadPoolExecutor(max_workers=len(TABLES)) as pool:
+        list(pool.map(land, TABLES))
+
 
 def landed_fingerprint(spark: SparkSession, location: str) -> str | None:
     """The fingerprint recorded with the newest version of a raw dimension table."""
@@ -227,8 +234,17 @@ def landed_fingerprint(spark: SparkSession, location: str) -> str | None:
 
     if not DeltaTable.isDeltaTable(spark, location):
         return None
-    rows = DeltaTable.forPath(spark, location).history(1).select("userMetadata").collect()
-    if not rows or not rows[0][0]:
+    # the newest commit that carries one (OPTIMIZE or VACUUM commits do not)
+    rows = (
+        DeltaTable.forPath(spark, location)
+        .history(50)
+        .filter("userMetadata IS NOT NULL")
+        .orderBy(F.desc("version"))
+        .select("userMetadata")
+        .limit(1)
+        .collect()
+    )
+    if not rows:
         return None
     try:
         return str(json.loads(rows[0][0]).get("source_fingerprint"))

@@ -58,3 +58,13 @@ def package_zip() -> str:
     folder = tempfile.mkdtemp(prefix="smart-meter-pkg-")
     base = shutil.make_archive(os.path.join(folder, "streaming"), "zip", PROJECT_ROOT, "streaming")
     return base
+
+
+if __name__ == "__main__":
+    # `python -m streaming.session`: start and stop a session once, which makes
+    # Spark's Ivy fetch the Delta jars into its cache (make setup does this).
+    from streaming.config import load_config
+
+    session = build_session(load_config(spark={"spark.master": "local[1]"}))
+    print(f"spark {session.version} with Delta ready")
+    session.stop()

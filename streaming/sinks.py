@@ -68,11 +68,19 @@ _BAD_NAME_CHARS = re.compile(r"[ ,;{}()\n\t=]")
 
 def ensure_tables(spark: SparkSession, location: "LakePaths") -> None:
     """Create every output table (empty, with its schema) if it does not exist yet."""
-    for name, (schema, partitions) in TABLES.items():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def create(name: str) -> None:
+        if DeltaTable.isDeltaTable(spark, location(name)):
+            return
+        schema, partitions = TABLES[name]
         builder = DeltaTable.createIfNotExists(spark).location(location(name)).addColumns(schema)
         if partitions:
             builder = builder.partitionedBy(*partitions)
         builder.execute()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(create, TABLES))
 
 
 class LakePaths:
