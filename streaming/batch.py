@@ -34,6 +34,8 @@ def crash_point(name: str) -> None:
     """Kill this process with SIGKILL when the test hook names this point."""
     if os.environ.get(CRASH_ENV) == name:
         log.warning("crash hook: killing the process at %s", name)
+        if os.getpgid(0) == os.getpid():  # a group leader: kill the tree (the JVM too)
+            os.killpg(os.getpid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -177,11 +179,18 @@ class Pipeline:
             staged = staged.persist()
             try:
                 dates = sorted(r[0] for r in staged.select("reading_date").distinct().collect())
+                merged = {"inserted": 0, "updated": 0}
                 if dates:
-                    sinks.merge_staging(spark, self.lake(sinks.STAGING), staged, dates)
+                    merged = sinks.merge_staging(spark, self.lake(sinks.STAGING), staged, dates)
                     crash_point("after_staging")
                     self.refresh_presentation(dates)
-                counts["readings_staged"] = staged.count()
+                good_rows = counts["rows"] - counts["rows_quarantined"]
+                counts.update(
+                    staged_new=merged["inserted"],
+                    staged_corrected=merged["updated"],
+                    # repeated deliveries and rows superseded within the batch
+                    duplicates=good_rows - merged["inserted"] - merged["updated"],
+                )
             finally:
                 staged.unpersist()
             counts["dates"] = len(dates)

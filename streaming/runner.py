@@ -92,8 +92,11 @@ class StopSignal:
         self.event = threading.Event()
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self) -> None:
+        for sig, handler in getattr(self, "_previous", {}).items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping after the batch in flight", signal.Signals(signum).name)
@@ -180,6 +183,7 @@ def run_watch(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop: StopSi
 
     arrivals = FileArrivals(cfg.readings)
     with arrivals, _dimension_watch(pipeline, stop, None):
+        log.info("watching %s for new files", cfg.readings)
         # files that arrived while the service was down
         run_available_now(spark, cfg, pipeline, stop)
         while not stop.stopping:
@@ -206,13 +210,21 @@ def run(cfg: Config, master: str | None = None, report: bool = False,
 
     `spark` lets a caller (a test, a notebook) reuse a warm session.
     """
+    check_inputs(cfg)
+    stop = StopSignal()
+    stop.install()
+    try:
+        return _run_locked(cfg, master, report, spark, stop)
+    finally:
+        stop.restore()
+
+
+def _run_locked(cfg: Config, master: str | None, report: bool, spark: SparkSession | None,
+                stop: StopSignal) -> Pipeline:
     from streaming.dimensions import DimensionError
     from streaming.report import summary_lines
     from streaming.session import build_session
 
-    check_inputs(cfg)
-    stop = StopSignal()
-    stop.install()
     with checkpoint_lock(cfg.checkpoints):
         started = time.monotonic()
         spark = spark or build_session(cfg, master=master)

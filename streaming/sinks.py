@@ -127,8 +127,11 @@ def any_differs(left: str, right: str, columns: Iterable[str]) -> Column:
     return ~null_safe_equal(left, right, columns)
 
 
-def merge_staging(spark: SparkSession, path: str, batch_df: DataFrame, dates: Sequence[date]) -> None:
-    """Upsert one reading per key; the later batch wins, an equal value changes nothing."""
+def merge_staging(spark: SparkSession, path: str, batch_df: DataFrame, dates: Sequence[date]) -> dict[str, int]:
+    """Upsert one reading per key; the later batch wins, an equal value changes nothing.
+
+    Returns the MERGE's row counts (`inserted`, `updated`).
+    """
     target = DeltaTable.forPath(spark, path)
     on = (
         F.col("t.reading_date").isin(list(dates))
@@ -144,6 +147,17 @@ def merge_staging(spark: SparkSession, path: str, batch_df: DataFrame, dates: Se
         .whenNotMatchedInsertAll()
         .execute()
     )
+    return last_merge_counts(target)
+
+
+def last_merge_counts(table: DeltaTable) -> dict[str, int]:
+    """Inserted and updated row counts of the table's newest commit (a MERGE)."""
+    row = table.history(1).select("operation", "operationMetrics").first()
+    metrics = (row["operationMetrics"] or {}) if row and row["operation"] == "MERGE" else {}
+    return {
+        "inserted": int(metrics.get("numTargetRowsInserted", 0)),
+        "updated": int(metrics.get("numTargetRowsUpdated", 0)),
+    }
 
 
 def update_attribution(spark: SparkSession, path: str, changed_df: DataFrame, columns: Sequence[str]) -> None:

@@ -1,0 +1,152 @@
+"""Helpers to run run_stream.py as a real process and follow its log."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(tmp: Path, pipeline: dict[str, Any] | None = None) -> Path:
+    """conf/pipeline.toml with test paths under `tmp` and some [pipeline] values replaced."""
+    conf = tomllib.loads((ROOT / "conf" / "pipeline.toml").read_text())
+    conf["paths"] = {
+        "readings": str(tmp / "data" / "readings"),
+        "db": str(tmp / "data" / "case_study.db"),
+        "lake": str(tmp / "lake"),
+        "checkpoints": str(tmp / "checkpoints"),
+    }
+    conf["pipeline"].update(pipeline or {})
+    conf["spark"].update({"spark.master": "local[2]", "spark.sql.shuffle.partitions": "2"})
+    lines = []
+    for section, values in conf.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    path = tmp / "conf" / "pipeline.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f'"{key}"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Service:
+    """run_stream.py in its own process group, its stderr collected line by line."""
+
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        cmd = [sys.executable, str(ROOT / "run_stream.py"), "--config", str(config), *args]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, like a service manager gives
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 240, after: int = 0) -> int:
+        """Block until a log line (index >= after) matches; return its index."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i in range(after, len(self.lines)):
+                    if regex.search(self.lines[i]):
+                        return i
+                if self.proc.poll() is not None and not self._reader.is_alive():
+                    raise AssertionError(f"process ended ({self.proc.returncode}) before {pattern!r}:\n"
+                                         + self.tail())
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out waiting for {pattern!r}:\n" + self.tail())
+                self._cond.wait(min(left, 1.0))
+
+    def count(self, pattern: str) -> int:
+        regex = re.compile(pattern)
+        with self._cond:
+            return sum(1 for line in self.lines if regex.search(line))
+
+    def terminate(self, timeout: float = 120) -> int:
+        """SIGTERM to the process (not the group), as systemd's KillMode=mixed does."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout=10)
+        return code
+
+    def kill_tree(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.lines[-n:])
+
+
+def place_file(source: Path, folder: Path, name: str | None = None) -> Path:
+    """Place a file atomically: copy under a hidden name, then rename (keeps mtime)."""
+    target = folder / (name or source.name)
+    hidden = folder / f".{target.name}.tmp"
+    hidden.write_bytes(source.read_bytes())
+    st = source.stat()
+    os.utime(hidden, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(hidden, target)
+    return target
+
+
+def batches_from_checkpoint(checkpoint: Path) -> list[list[Path]]:
+    """The files of each micro-batch, in order, from the file source's log.
+
+    The log is what the pipeline processed, so the reference can replay the
+    exact batch composition (it decides which delivery wins a conflict).
+    """
+    import json
+    from urllib.parse import unquote, urlparse
+
+    log_dir = checkpoint / "readings" / "sources" / "0"
+    by_batch: dict[int, set[str]] = {}
+    for entry in sorted(log_dir.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        for line in entry.read_text().splitlines()[1:]:
+            if line.strip():
+                item = json.loads(line)
+                by_batch.setdefault(int(item["batchId"]), set()).add(item["path"])
+    committed = {int(p.name) for p in (checkpoint / "readings" / "commits").iterdir() if p.name.isdigit()}
+    return [
+        sorted(Path(unquote(urlparse(p).path)) for p in by_batch[b])
+        for b in sorted(by_batch)
+        if b in committed
+    ]

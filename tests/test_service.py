@@ -1,0 +1,133 @@
+"""Long-running modes as real processes: watch, processing-time, the lock, crashes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_config, read_tables
+from pyspark.sql import SparkSession
+from reference import (
+    TABLE_KEYS,
+    assert_tables_match,
+    expected_staging,
+    expected_tables,
+    load_deliveries,
+    reconciliation_errors,
+)
+from service import ROOT, Service, batches_from_checkpoint, place_file, write_config
+
+from streaming import runner
+from streaming.batch import CRASH_ENV
+from streaming.generator import SampleSpec, meterpoint_ids, write_delivery, write_dimensions, write_sample
+
+SPEC = SampleSpec(meterpoints=8, days=2, seed=11)
+
+
+def assert_matches_reference(spark: SparkSession, tmp: Path) -> None:
+    """Every table equals the reference replaying the batches the checkpoint recorded."""
+    batches = [load_deliveries(files) for files in batches_from_checkpoint(tmp / "checkpoints")]
+    actual = read_tables(spark, str(tmp / "lake"), list(TABLE_KEYS))
+    expected = expected_tables(expected_staging(batches, "Europe/London"), tmp / "data" / "case_study.db")
+    assert_tables_match(actual, expected, TABLE_KEYS)
+    assert reconciliation_errors(actual) == []
+
+
+def batch_files_seen(service: Service) -> int:
+    import json
+    import re
+
+    total = 0
+    for line in service.lines:
+        m = re.search(r"streaming.batch: batch (\{.*\})", line)
+        if m:
+            total += json.loads(m.group(1))["files"]
+    return total
+
+
+@pytest.mark.service
+def test_watch_mode_picks_up_placed_files_refuses_a_second_writer_and_stops_on_sigterm(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    write_sample(tmp_path / "src", SPEC)
+    readings = tmp_path / "data" / "readings"
+    readings.mkdir(parents=True)
+    shutil.copy2(tmp_path / "src" / "case_study.db", tmp_path / "data" / "case_study.db")
+    config = write_config(tmp_path, {"watch_debounce_seconds": 0.3, "dims_check_seconds": 2})
+    service = Service(config, "--trigger", "watch")
+    try:
+        service.wait_for(r"watching .* for new files")
+
+        # a second writer on the same checkpoint is refused at once, with one line
+        second = subprocess.run(
+            [sys.executable, str(ROOT / "run_stream.py"), "--config", str(config)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode != 0
+        err_lines = second.stderr.strip().splitlines()
+        assert len(err_lines) == 1, second.stderr
+        assert "in use by pid" in err_lines[0]
+
+        # files placed atomically (hidden name, then rename) are processed
+        sources = sorted((tmp_path / "src" / "readings").glob("*.json"))
+        for source in sources:
+            place_file(source, readings)
+        (readings / ".half-written.json.tmp").write_text('{"columns": [')  # hidden: ignored
+        while batch_files_seen(service) < len(sources):
+            service.wait_for(r"watch: run finished", after=len(service.lines))
+        assert service.terminate(timeout=120) == 0, service.tail()
+    finally:
+        service.kill_tree()
+    assert batch_files_seen(service) == len(sources)
+    assert_matches_reference(spark, tmp_path)
+
+
+@pytest.mark.service
+def test_processing_time_service_reattributes_readings_after_a_dimension_refresh(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    write_sample(tmp_path / "data", SPEC)
+    db = tmp_path / "data" / "case_study.db"
+    config = write_config(tmp_path, {"processing_interval": "1 second", "dims_check_seconds": 1})
+    service = Service(config, "--trigger", "processing-time")
+    try:
+        first = service.wait_for(r"streaming.batch: batch \{")
+        # midnight: the database is replaced; a meterpoint without agreement gets one
+        write_dimensions(db, meterpoint_ids(SPEC.meterpoints, SPEC.seed), SPEC.start, SPEC.days,
+                         SPEC.seed, onboard_on=SPEC.start)
+        service.wait_for(r"re-attributing", after=first)
+        landed = service.wait_for(r"dimensions landed", after=first)
+        # the stream goes on with the new dimensions
+        write_delivery(tmp_path / "data" / "readings", None, SPEC, day_index=SPEC.days, tag="d2")
+        service.wait_for(r"streaming.batch: batch \{", after=landed)
+        assert service.terminate(timeout=120) == 0, service.tail()
+    finally:
+        service.kill_tree()
+    assert_matches_reference(spark, tmp_path)
+
+
+@pytest.mark.service
+@pytest.mark.parametrize("point", ["after_raw", "after_staging", "mid_presentation"])
+def test_kill_9_inside_a_batch_then_restart_gives_the_uninterrupted_result(
+    spark: SparkSession, tmp_path: Path, point: str
+) -> None:
+    write_sample(tmp_path / "data", SPEC)
+    config = write_config(tmp_path)
+    crashed = Service(config, env={CRASH_ENV: point})
+    code = crashed.proc.wait(timeout=300)
+    crashed.kill_tree()
+    assert code == -9, crashed.tail()
+    assert crashed.count(f"crash hook: killing the process at {point}") == 1
+
+    # a plain restart (here on the test's warm session) is not locked out and recovers
+    cfg = make_config(tmp_path, readings=tmp_path / "data" / "readings", db=tmp_path / "data" / "case_study.db")
+    pipeline = runner.run(cfg, spark=spark)
+    assert [b["batch_id"] for b in pipeline.batches] == [0]  # the crashed batch, replayed
+    assert_matches_reference(spark, tmp_path)
+    raw_rows = spark.read.format("delta").load(str(tmp_path / "lake" / "raw" / "readings")).count()
+    delivered = sum(len(__import__("json").loads(p.read_text())["data"])
+                    for p in (tmp_path / "data" / "readings").glob("*.json"))
+    assert raw_rows == delivered  # the raw append was not repeated
