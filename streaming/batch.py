@@ -22,7 +22,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from streaming import dimensions, sinks, transforms
+from streaming import dimensions, expectations, sinks, source, transforms
 from streaming.config import Config
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class Pipeline:
         self.app_id: str | None = None
         self.batches: list[dict[str, Any]] = []
         self.failure = False  # set by a background refresh that failed
+        self.rules = expectations.load_expectations(cfg.expectations)
 
     # ------------------------------------------------------------ dimensions
 
@@ -161,45 +162,65 @@ class Pipeline:
         assert self.dims is not None
         app_id = self.query_app_id()
         ingested_at = datetime.now(UTC).replace(tzinfo=None)
-        parsed = batch_df.persist()
+        parsed = expectations.with_expectations(
+            batch_df, self.rules, self.dims.meterpoints_df, ingested_at
+        ).persist()
         try:
-            counts = _batch_counts(parsed)
-            if counts["files"] == 0:
-                return
+            counts, reasons, warnings = _batch_counts(parsed)
+            if reasons:
+                expectations.check_failures(reasons, self.rules, batch_id, _first_failure(parsed, self.rules))
+            unread = self._unread_files(spark, parsed, batch_id, counts["files"])
+            counts["files_unread"] = len(unread)
             writes = [partial(self._write_raw, parsed, app_id, batch_id, ingested_at)]
-            if counts["files_quarantined"] or counts["rows_quarantined"]:
-                writes.append(partial(self._write_quarantine, parsed, app_id, batch_id, ingested_at))
+            if counts["files_quarantined"] or counts["rows_quarantined"] or unread:
+                writes.append(
+                    partial(self._write_quarantine, parsed, unread, app_id, batch_id, ingested_at)
+                )
             in_parallel(writes)
             crash_point("after_raw")
-            readings = transforms.latest_wins(transforms.valid_readings(parsed))
-            attributed = transforms.with_attribution(
-                readings, self.dims.segments_df, self.dims.meterpoints_df
+            counts.update(self._stage(parsed, ingested_at))
+            # repeated deliveries, and rows another row of the batch superseded
+            counts["duplicates"] = (
+                counts["rows"] - counts["rows_quarantined"] - counts["staged_new"] - counts["staged_corrected"]
             )
-            staged = transforms.to_staging(attributed, F.lit(ingested_at).cast("timestamp"))
-            staged = staged.persist()
-            try:
-                dates = sorted(r[0] for r in staged.select("reading_date").distinct().collect())
-                merged = {"inserted": 0, "updated": 0}
-                if dates:
-                    merged = sinks.merge_staging(spark, self.lake(sinks.STAGING), staged, dates)
-                    crash_point("after_staging")
-                    self.refresh_presentation(dates)
-                good_rows = counts["rows"] - counts["rows_quarantined"]
-                counts.update(
-                    staged_new=merged["inserted"],
-                    staged_corrected=merged["updated"],
-                    # repeated deliveries and rows superseded within the batch
-                    duplicates=good_rows - merged["inserted"] - merged["updated"],
-                )
-            finally:
-                staged.unpersist()
-            counts["dates"] = len(dates)
         finally:
             parsed.unpersist()
-        counts["batch_id"] = batch_id
-        counts["duration_s"] = round(time.monotonic() - started, 2)
+        counts.update(batch_id=batch_id, duration_s=round(time.monotonic() - started, 2))
+        if reasons:
+            counts["quarantined_by_reason"] = reasons
+        if warnings:
+            counts["warnings"] = warnings
         self.batches.append(counts)
         log.info("batch %s", json.dumps(counts, default=str))
+
+    def _stage(self, parsed: DataFrame, ingested_at: datetime) -> dict[str, int]:
+        """Latest wins within the batch, point-in-time join, staging MERGE, presentation."""
+        assert self.dims is not None
+        readings = transforms.latest_wins(transforms.valid_readings(parsed))
+        attributed = transforms.with_attribution(readings, self.dims.segments_df, self.dims.meterpoints_df)
+        staged = transforms.to_staging(attributed, F.lit(ingested_at).cast("timestamp")).persist()
+        try:
+            dates = sorted(r[0] for r in staged.select("reading_date").distinct().collect())
+            merged = {"inserted": 0, "updated": 0}
+            if dates:
+                merged = sinks.merge_staging(self.spark, self.lake(sinks.STAGING), staged, dates)
+                crash_point("after_staging")
+                self.refresh_presentation(dates)
+        finally:
+            staged.unpersist()
+        return {"dates": len(dates), "staged_new": merged["inserted"], "staged_corrected": merged["updated"]}
+
+    def _unread_files(self, spark: SparkSession, parsed: DataFrame, batch_id: int, seen: int) -> list[str]:
+        """Files of the batch that produced no record: Spark's file scan skips 0-byte
+        files (and a file may vanish between listing and reading)."""
+        logged = source.batch_files(self.cfg.readings_checkpoint, batch_id)
+        if logged is None or len(logged) <= seen:
+            return []
+        present = {
+            source.normalise_path(r[0])
+            for r in transforms.file_records(parsed).select("source_file").collect()
+        }
+        return sorted(p for p in logged if source.normalise_path(p) not in present)
 
     def _write_raw(self, parsed: DataFrame, app_id: str, batch_id: int, ingested_at: datetime) -> None:
         files = transforms.file_records(parsed)
@@ -216,9 +237,21 @@ class Pipeline:
         )
         sinks.append_idempotent(raw, self.lake(sinks.RAW_READINGS), app_id, batch_id, merge_schema=True)
 
-    def _write_quarantine(self, parsed: DataFrame, app_id: str, batch_id: int, ingested_at: datetime) -> None:
+    def _write_quarantine(self, parsed: DataFrame, unread: list[str], app_id: str, batch_id: int,
+                          ingested_at: datetime) -> None:
         at = F.lit(ingested_at).cast("timestamp").alias("ingested_at")
-        bad_files = transforms.file_records(parsed).filter(F.col("file_error").isNotNull())
+        bad_files = (
+            transforms.file_records(parsed)
+            .filter(F.col("file_error").isNotNull())
+            .select("source_file", "file_error")
+        )
+        if unread:
+            bad_files = bad_files.unionByName(
+                self.spark.createDataFrame(
+                    [(source.normalise_path(path), source.unread_reason(path)) for path in unread],
+                    "source_file string, file_error string",
+                )
+            )
         bad_rows = transforms.row_records(parsed).filter(F.col("reason").isNotNull())
         files_write = partial(
             sinks.append_idempotent,
@@ -279,17 +312,49 @@ def in_parallel(tasks: Sequence[Callable[[], object]], after_first: Callable[[],
                 after_first()
 
 
-def _batch_counts(parsed: DataFrame) -> dict[str, Any]:
-    """Files, rows and quarantined counts of a micro-batch, in one pass."""
-    is_file = F.col("kind") == "file"
-    row = parsed.agg(
-        F.sum(is_file.cast("int")).alias("files"),
-        F.sum((is_file & F.col("file_error").isNotNull()).cast("int")).alias("files_quarantined"),
-        F.sum((~is_file).cast("int")).alias("rows"),
-        F.sum((~is_file & F.col("reason").isNotNull()).cast("int")).alias("rows_quarantined"),
-    ).first()
-    assert row is not None
-    return {k: int(v or 0) for k, v in row.asDict().items()}
+def _batch_counts(parsed: DataFrame) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Files and rows of a micro-batch; quarantined by reason code; warnings by rule."""
+    code = F.coalesce(
+        expectations.reason_code(F.col("file_error")), expectations.reason_code(F.col("reason"))
+    )
+    rules = expectations.EXTRA_RULES
+    grouped = (
+        parsed.groupBy(F.col("kind"), code.alias("code"))
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            *[F.sum(F.array_contains("warnings", r).cast("long")).alias(r) for r in rules],
+        )
+        .collect()
+    )
+    counts = {"files": 0, "files_quarantined": 0, "rows": 0, "rows_quarantined": 0}
+    reasons: dict[str, int] = {}
+    warnings: dict[str, int] = {}
+    for row in grouped:
+        plural = "files" if row["kind"] == "file" else "rows"
+        counts[plural] += row["n"]
+        if row["code"] is not None:
+            counts[f"{plural}_quarantined"] += row["n"]
+            reasons[row["code"]] = reasons.get(row["code"], 0) + row["n"]
+        for rule in rules:
+            if row[rule]:
+                warnings[rule] = warnings.get(rule, 0) + int(row[rule])
+    return counts, reasons, warnings
+
+
+def _first_failure(parsed: DataFrame, rules: expectations.Expectations) -> str | None:
+    """`file row N: reason` of the first record violating a `fail` expectation."""
+    codes = [
+        c for rule in rules.rules_with("fail")
+        for c in expectations.CONTRACT_RULES.get(rule, (rule,))
+    ]
+    if not codes:
+        return None
+    row = (
+        parsed.filter(expectations.reason_code(F.col("reason")).isin(codes))
+        .select("source_file", "row_index", "reason")
+        .first()
+    )
+    return f"{row[0]} row {row[1]}: {row[2]}" if row else None
 
 
 def _changed_meterpoints(old: dimensions.Conformed, new: dimensions.Conformed) -> DataFrame:

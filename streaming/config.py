@@ -128,3 +128,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"unknown time zone {cfg.timezone!r}") from exc
     if cfg.max_files_per_trigger < 0:
         raise ConfigError("max_files_per_trigger must be >= 0")
+    from streaming.expectations import load_expectations
+
+    load_expectations(cfg.expectations)  # raises ConfigError naming a bad rule

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from delta import configure_spark_with_delta_pip
 from pyspark.sql import SparkSession
@@ -36,13 +37,44 @@ def build_session(cfg: Config, master: str | None = None) -> SparkSession:
         settings["spark.master"] = master
     for key, value in settings.items():
         builder = builder.config(key, value)
-    spark = configure_spark_with_delta_pip(builder).getOrCreate()
+    jars = cached_delta_jars()
+    if jars:
+        # the jars Ivy resolved on the first start: skip the resolution (seconds)
+        spark = builder.config("spark.jars", ",".join(jars)).getOrCreate()
+    else:
+        spark = configure_spark_with_delta_pip(builder).getOrCreate()
+        remember_delta_jars(spark.sparkContext.getConf().get("spark.jars", ""))
     spark.sparkContext.setLogLevel("WARN")
     if not spark.sparkContext.master.startswith("local"):
         # executors on other hosts get the package shipped with the job
         spark.sparkContext.addPyFile(package_zip())
     quiet_py4j()
     return spark
+
+
+def _jar_manifest() -> Path:
+    # beside the interpreter: one manifest per virtual environment, never committed
+    return Path(sys.prefix) / "delta-jars.txt"
+
+
+def cached_delta_jars() -> list[str]:
+    """The Delta jars a previous start resolved, if every one is still on disk."""
+    manifest = _jar_manifest()
+    if not manifest.is_file():
+        return []
+    jars = [line.strip() for line in manifest.read_text().splitlines() if line.strip()]
+    if not jars or not all(Path(j.removeprefix("file:")).is_file() for j in jars):
+        return []
+    return jars
+
+
+def remember_delta_jars(spark_jars: str) -> None:
+    jars = [j for j in spark_jars.split(",") if j]
+    if any("delta-spark" in j for j in jars):
+        try:
+            _jar_manifest().write_text("\n".join(jars) + "\n")
+        except OSError as exc:  # a read-only environment: resolve again next time
+            logging.getLogger(__name__).debug("cannot record the Delta jars: %s", exc)
 
 
 def quiet_py4j() -> None:

@@ -114,3 +114,46 @@ def micros_to_timestamp(us: Column) -> Column:
 def micros_to_local(us: Column) -> Column:
     """Wall-clock microseconds -> TIMESTAMP_NTZ (the session time zone is UTC)."""
     return F.timestamp_micros(us).cast("timestamp_ntz")
+
+
+def normalise_path(path: str) -> str:
+    """`file:///a/b` (the source log) and `file:/a/b` (the scan) name one file."""
+    from urllib.parse import unquote
+
+    path = unquote(path)
+    return "file:/" + path[len("file:"):].lstrip("/") if path.startswith("file:") else path
+
+
+def batch_files(checkpoint: str, batch_id: int) -> list[str] | None:
+    """The files the file source logged for `batch_id`, or None where the log is
+    not on a local file system (the check is skipped there)."""
+    import json
+    from pathlib import Path
+
+    if "://" in checkpoint and not checkpoint.startswith("file:"):
+        return None
+    folder = Path(checkpoint.removeprefix("file:")) / "sources" / "0"
+    for name in (str(batch_id), f"{batch_id}.compact"):
+        entry = folder / name
+        if entry.is_file():
+            files = []
+            for line in entry.read_text().splitlines()[1:]:
+                if line.strip():
+                    item = json.loads(line)
+                    if int(item["batchId"]) == batch_id:
+                        files.append(str(item["path"]))
+            return files
+    return None
+
+
+def unread_reason(path: str) -> str:
+    """Why a logged file produced no record: it is empty, or it vanished."""
+    from pathlib import Path
+
+    local = Path(normalise_path(path).removeprefix("file:"))
+    if path.startswith("file:") or "://" not in path:
+        if not local.exists():
+            return "vanished: the file was removed before it could be read"
+        if local.stat().st_size == 0:
+            return "empty_file: the file is empty (0 bytes)"
+    return "unreadable: the file produced no data (empty, or removed before it was read)"

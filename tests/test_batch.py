@@ -96,8 +96,10 @@ def assert_same_rows(before: list[dict[str, Any]], after: list[dict[str, Any]], 
 
     def split(rows: list[dict[str, Any]]) -> list[tuple[str, list[float]]]:
         return sorted(
-            (repr(sorted((k, v) for k, v in r.items() if k not in floats | ignore)),
-             [r[k] for k in sorted(floats & r.keys())])
+            (
+                repr(sorted((k, v) for k, v in r.items() if k not in floats | ignore)),
+                [r[k] for k in sorted(floats & r.keys())],
+            )
             for r in rows
         )
 
@@ -124,23 +126,16 @@ class Run:
     def batch_df(self, files: list[Path]) -> DataFrame:
         """The micro-batch the file source would hand over for `files`."""
         files_df = (
-            self.spark.read.format("binaryFile")
-            .schema(schemas.BINARY_FILE)
-            .load([str(f) for f in files])
+            self.spark.read.format("binaryFile").schema(schemas.BINARY_FILE).load([str(f) for f in files])
         )
         return parse_files(files_df, TZ)
 
     def process(self, stage: str, files: list[Path], batch_id: int, record: bool = True) -> None:
-        import time
-        t = time.monotonic()
         self.pipeline.process_batch(self.batch_df(files), batch_id)
-        print("STAGE", stage, time.monotonic() - t)
-        t = time.monotonic()
         if record:
             self.batches.append(load_deliveries(files))
         self.files[stage] = files
         self.after[stage] = self.tables(ALL_TABLES)
-        print("READ", stage, time.monotonic() - t)
 
     def tables(self, names: list[str]) -> Tables:
         """Several lake tables read side by side (each read is mostly driver latency)."""
@@ -163,10 +158,7 @@ def run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Run:
     db = tmp / "data" / "case_study.db"
     cfg = make_config(tmp, readings=readings, db=db)
     pipeline = Pipeline(spark, cfg)
-    import time
-    t = time.monotonic()
     pipeline.prepare()
-    print("PREPARE", time.monotonic() - t)
     pipeline.app_id = "test-app"  # no checkpoint to read the query id from
     r = Run(spark, pipeline, summary, readings, db, cfg.lake)
 
@@ -196,7 +188,9 @@ def run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Run:
     extra = tmp / "later"
     extra.mkdir()
     switch = r.role("switch")
-    staged = {wall_clock(s): s["consumption_kwh"] for s in r.after["first"][STAGING] if s["meterpoint_id"] == switch}
+    staged = {
+        wall_clock(s): s["consumption_kwh"] for s in r.after["first"][STAGING] if s["meterpoint_id"] == switch
+    }
     corrected = {slot: round(staged[slot] + 1.25, 3) for slot in CORRECTED_SLOTS}
     correction = write_json(
         extra / "aaa_correction.json",  # sorts before every other name, too
@@ -243,7 +237,11 @@ def test_first_batch_lands_every_delivered_line_in_raw_readings(run: Run) -> Non
 def test_first_batch_quarantines_the_broken_file_and_the_bad_rows(run: Run) -> None:
     actual = run.after["first"]
     bad_rows, bad_files = expected_rejections(run.batches[:1], TZ)
-    assert sorted((Path(p).name, i) for p, i, _ in bad_rows) == [("mixed.json", 0), ("mixed.json", 1), ("mixed.json", 2)]
+    assert sorted((Path(p).name, i) for p, i, _ in bad_rows) == [
+        ("mixed.json", 0),
+        ("mixed.json", 1),
+        ("mixed.json", 2),
+    ]
     assert sorted((Path(r["source_file"]).name, r["row_index"]) for r in actual["quarantine/readings"]) == [
         ("mixed.json", 0),
         ("mixed.json", 1),
@@ -264,10 +262,7 @@ def test_first_batch_quarantines_the_broken_file_and_the_bad_rows(run: Run) -> N
 def test_replaying_the_same_batch_id_leaves_every_table_unchanged(run: Run) -> None:
     before, after = run.after["first"], run.after["replay"]
     assert len(after["raw/readings"]) == len(before["raw/readings"]) == data_rows(run.files["first"])
-    changed = {
-        name: len(set(content(after[name])) ^ set(content(before[name])))
-        for name in ALL_TABLES
-    }
+    changed = {name: len(set(content(after[name])) ^ set(content(before[name]))) for name in ALL_TABLES}
     # exact: a replay must not rewrite a single value, not even in its last bit
     assert {name: n for name, n in changed.items() if n} == {}
 
@@ -310,7 +305,11 @@ def test_correction_in_a_later_batch_wins_even_with_an_older_modification_time(r
     for slot, kwh in run.summary["corrected_values"].items():
         assert staged[slot]["consumption_kwh"] == kwh
         assert Path(staged[slot]["source_file"]).name == "aaa_correction.json"
-    before = {wall_clock(r): r["consumption_kwh"] for r in run.after["first"][STAGING] if r["meterpoint_id"] == switch}
+    before = {
+        wall_clock(r): r["consumption_kwh"]
+        for r in run.after["first"][STAGING]
+        if r["meterpoint_id"] == switch
+    }
     assert all(before[slot] != kwh for slot, kwh in run.summary["corrected_values"].items())
 
 
@@ -325,7 +324,9 @@ def test_correction_in_a_later_batch_updates_presentation_of_its_dates(run: Run)
         assert totals_after[slot] == pytest.approx(totals_before[slot] - old[slot] + kwh)
     # every half-hour total is the sum of the staging rows of its instant
     for row in second[HALF_HOUR]:
-        staged = [s["consumption_kwh"] for s in second[STAGING] if s["interval_start"] == row["interval_start"]]
+        staged = [
+            s["consumption_kwh"] for s in second[STAGING] if s["interval_start"] == row["interval_start"]
+        ]
         assert row["total_kwh"] == pytest.approx(math.fsum(staged))
         assert row["meterpoint_count"] == len(staged)
 
@@ -360,7 +361,9 @@ def test_merge_on_null_product_display_name_group_does_not_duplicate_rows(run: R
         assert len(null_dates) == len(set(null_dates)), f"{stage}: several NULL-name rows for one date"
         keys = [(r["product_display_name"], r["date"]) for r in rows]
         assert len(keys) == len(set(keys)), stage
-        gold = [(r["product_display_name"], r["interval_start"]) for r in run.after[stage][GOLD_PRODUCT_HALF_HOUR]]
+        gold = [
+            (r["product_display_name"], r["interval_start"]) for r in run.after[stage][GOLD_PRODUCT_HALF_HOUR]
+        ]
         assert len(gold) == len(set(gold)), stage
     # the NULL group of the touched dates now holds the late readings
     second = {r["date"]: r for r in run.after["second"][PRODUCT_DAY] if r["product_display_name"] is None}

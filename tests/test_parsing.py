@@ -18,7 +18,9 @@ EPOCH = datetime(1970, 1, 1)
 # ---------------------------------------------------------------- helpers
 
 
-def readings_file(rows: list[list[Any]], columns: list[str] | None = None, indent: int | None = None) -> bytes:
+def readings_file(
+    rows: list[list[Any]], columns: list[str] | None = None, indent: int | None = None
+) -> bytes:
     """A readings file's bytes: {"columns": [...], "data": rows}."""
     return json.dumps({"columns": columns or COLUMNS, "data": rows}, indent=indent).encode()
 
@@ -65,7 +67,7 @@ def half_hours(day: date) -> list[str]:
 def fall_back_wall_clock() -> list[str]:
     """2021-10-31 in Europe/London as a meter writes it: 01:00 and 01:30 appear twice."""
     day = half_hours(date(2021, 10, 31))
-    return day[:4] + ["2021-10-31 01:00:00", "2021-10-31 01:30:00"] + day[4:]
+    return [*day[:4], "2021-10-31 01:00:00", "2021-10-31 01:30:00", *day[4:]]
 
 
 # ---------------------------------------------------------------- columns
@@ -102,8 +104,10 @@ def test_extra_columns_are_kept_in_values_as_delivered() -> None:
 
 
 def test_raw_values_keep_the_number_text_as_delivered() -> None:
-    content = b'{"columns": ["interval_start", "consumption_delta", "meterpoint_id"],' \
-              b' "data": [["2021-01-01 00:00:00", 0.10, "A"], ["2021-01-01 00:30:00", 1e-1, "A"]]}'
+    content = (
+        b'{"columns": ["interval_start", "consumption_delta", "meterpoint_id"],'
+        b' "data": [["2021-01-01 00:00:00", 0.10, "A"], ["2021-01-01 00:30:00", 1e-1, "A"]]}'
+    )
     parsed = parse_readings(content, TZ)
     assert [dict(v)["consumption_delta"] for v in parsed.values] == ["0.10", "1e-1"]
     assert parsed.consumption_kwh == [0.1, 0.1]
@@ -192,7 +196,9 @@ def test_fall_back_occurrences_are_counted_per_meterpoint_when_interleaved() -> 
 def test_fall_back_first_occurrence_in_a_new_file_is_bst_again() -> None:
     first = parse([["2021-10-31 01:00:00", 0.1, "A"]])
     second = parse([["2021-10-31 01:00:00", 0.1, "A"]])
-    assert instant(first.interval_start_us[0]) == instant(second.interval_start_us[0]) == utc(2021, 10, 31, 0, 0)
+    assert (
+        instant(first.interval_start_us[0]) == instant(second.interval_start_us[0]) == utc(2021, 10, 31, 0, 0)
+    )
 
 
 def test_parse_interval_start_reports_both_instants_of_an_ambiguous_time() -> None:
@@ -252,8 +258,11 @@ def test_iso_timestamp_with_offset_or_z_is_the_instant_it_names(
 
 def test_iso_timestamps_in_a_file_are_not_fall_back_occurrences() -> None:
     parsed = parse(
-        [["2021-10-31T00:00:00Z", 0.1, "A"], ["2021-10-31T01:00:00+00:00", 0.2, "A"],
-         ["2021-10-31 01:00:00", 0.3, "A"]]
+        [
+            ["2021-10-31T00:00:00Z", 0.1, "A"],
+            ["2021-10-31T01:00:00+00:00", 0.2, "A"],
+            ["2021-10-31 01:00:00", 0.3, "A"],
+        ]
     )
     assert good(parsed) == [
         ("A", utc(2021, 10, 31, 0, 0), 0.1),
@@ -368,8 +377,10 @@ def test_meterpoint_that_is_not_a_non_empty_string_is_rejected(value: Any) -> No
         (b"", "empty_file"),
         (b"  \n\t ", "empty_file"),
         (b"{not json", "invalid_json"),
-        (b'{"columns": ["interval_start", "consumption_delta", "meterpoint_id"], "data": [["2021-01-01',
-         "invalid_json"),
+        (
+            b'{"columns": ["interval_start", "consumption_delta", "meterpoint_id"], "data": [["2021-01-01',
+            "invalid_json",
+        ),
         (b"\xff\xfe\x00garbage", "not_utf8"),
         (b"[]", "not_an_object"),
         (b'[{"columns": ["interval_start"], "data": []}]', "not_an_object"),
@@ -379,15 +390,20 @@ def test_meterpoint_that_is_not_a_non_empty_string_is_rejected(value: Any) -> No
         (b'{"data": []}', "missing_key"),
         (b'{"columns": ["interval_start", "consumption_delta", "meterpoint_id"]}', "missing_key"),
         (b'{"columns": "interval_start,consumption_delta,meterpoint_id", "data": []}', "bad_columns"),
-        (b'{"columns": ["interval_start", "consumption_delta", "meterpoint_id", null], "data": []}',
-         "bad_columns"),
+        (
+            b'{"columns": ["interval_start", "consumption_delta", "meterpoint_id", null], "data": []}',
+            "bad_columns",
+        ),
         (
             b'{"columns": ["interval_start", "consumption_delta", "meterpoint_id", 7],'
             b' "data": [["2021-01-01 00:00:00", 0.1, "A", 1]]}',
             "bad_columns",
         ),
         (b'{"columns": ["interval_start", "meterpoint_id"], "data": []}', "missing_column"),
-        (b'{"columns": ["interval_start", "consumption_delta", "meterpoint_id"], "data": {"a": 1}}', "bad_data"),
+        (
+            b'{"columns": ["interval_start", "consumption_delta", "meterpoint_id"], "data": {"a": 1}}',
+            "bad_data",
+        ),
         (
             b'{"columns": ["interval_start", "consumption_delta", "meterpoint_id"],'
             b' "data": [["2021-01-01 00:00:00", 0.1, "A"], {"interval_start": "2021-01-01 00:30:00"}]}',

@@ -41,7 +41,10 @@ def rows_of(df: DataFrame, *columns: str) -> list[tuple[Any, ...]]:
     selected = df.select(*columns)
     instants = [isinstance(f.dataType, TimestampType) for f in selected.schema.fields]
     out = [
-        tuple(as_utc(v) if is_instant and v is not None else v for v, is_instant in zip(row, instants, strict=True))
+        tuple(
+            as_utc(v) if is_instant and v is not None else v
+            for v, is_instant in zip(row, instants, strict=True)
+        )
         for row in selected.collect()
     ]
     return sorted(out, key=repr)
@@ -144,8 +147,12 @@ METERPOINTS = [
 ]
 
 
-def write_db(path: Path, agreements: list[tuple[Any, ...]], products: list[tuple[Any, ...]],
-             meterpoints: list[tuple[Any, ...]]) -> Path:
+def write_db(
+    path: Path,
+    agreements: list[tuple[Any, ...]],
+    products: list[tuple[Any, ...]],
+    meterpoints: list[tuple[Any, ...]],
+) -> Path:
     """A SQLite database with the case study's three tables."""
     con = sqlite3.connect(path)
     try:
@@ -153,7 +160,9 @@ def write_db(path: Path, agreements: list[tuple[Any, ...]], products: list[tuple
             "CREATE TABLE agreement (agreement_id INTEGER, agreement_valid_from TEXT, "
             "agreement_valid_to TEXT, product_id INTEGER, meterpoint_id TEXT, account_id INTEGER)"
         )
-        con.execute("CREATE TABLE product (display_name TEXT, is_variable INTEGER, id INTEGER, product_id INTEGER)")
+        con.execute(
+            "CREATE TABLE product (display_name TEXT, is_variable INTEGER, id INTEGER, product_id INTEGER)"
+        )
         con.execute("CREATE TABLE meterpoint (region TEXT, meterpoint_id TEXT)")
         con.executemany("INSERT INTO agreement VALUES (?, ?, ?, ?, ?, ?)", agreements)
         con.executemany("INSERT INTO product VALUES (?, ?, ?, ?)", products)
@@ -197,10 +206,10 @@ EXPECTED_ATTRIBUTION: dict[tuple[str, date], tuple[Any, ...]] = {
 
 
 @pytest.fixture(scope="module")
-def attributed(spark: SparkSession, conformed: dimensions.Conformed) -> dict[tuple[str, date], list[tuple[Any, ...]]]:
-    readings = spark.createDataFrame(
-        [(mp, d, 0.5) for mp, d in EXPECTED_ATTRIBUTION], ATTRIBUTION_INPUT
-    )
+def attributed(
+    spark: SparkSession, conformed: dimensions.Conformed
+) -> dict[tuple[str, date], list[tuple[Any, ...]]]:
+    readings = spark.createDataFrame([(mp, d, 0.5) for mp, d in EXPECTED_ATTRIBUTION], ATTRIBUTION_INPUT)
     df = transforms.with_attribution(readings, conformed.segments_df, conformed.meterpoints_df)
     assert df.columns == ["meterpoint_id", "reading_date", "consumption_kwh", *transforms.ATTRIBUTION_COLUMNS]
     out: dict[tuple[str, date], list[tuple[Any, ...]]] = {}
@@ -226,7 +235,9 @@ def test_switch_day_belongs_to_the_new_agreement(
     assert attributed[(meterpoint, day)] == [EXPECTED_ATTRIBUTION[(meterpoint, day)]]
 
 
-def test_zero_length_agreement_covers_nothing(attributed: dict[tuple[str, date], list[tuple[Any, ...]]]) -> None:
+def test_zero_length_agreement_covers_nothing(
+    attributed: dict[tuple[str, date], list[tuple[Any, ...]]],
+) -> None:
     assert attributed[("ZERO", date(2021, 1, 1))] == [(None, None, None, None, "Southern", None)]
     # and it does not shadow a longer agreement beneath it
     assert attributed[("ZERO_ON_TOP", date(2021, 1, 1))] == [(4, 1, "Fixed 12M", False, "Southern", 300)]
@@ -264,7 +275,7 @@ def test_agreement_with_missing_product_keeps_agreement_id_with_null_display_nam
     assert attributed[("NO_PRODUCT", date(2021, 1, 1))] == [(10, 99, None, None, "South Wales", 600)]
 
 
-def test_product_is_joined_on_product_product_id_not_product_id(
+def test_product_is_joined_on_product_dot_product_id_not_its_surrogate_id(
     attributed: dict[tuple[str, date], list[tuple[Any, ...]]],
 ) -> None:
     # agreement 1 has product_id 1: product.product_id 1 is "Fixed 12M"; product.id 1 would be "Agile"
@@ -287,8 +298,13 @@ def test_attribution_keeps_exactly_one_row_per_reading(
 def test_attribution_replaces_existing_attribution_columns(
     spark: SparkSession, conformed: dimensions.Conformed
 ) -> None:
-    schema = StructType([*ATTRIBUTION_INPUT.fields, StructField("agreement_id", LongType(), True),
-                         StructField("region", StringType(), True)])
+    schema = StructType(
+        [
+            *ATTRIBUTION_INPUT.fields,
+            StructField("agreement_id", LongType(), True),
+            StructField("region", StringType(), True),
+        ]
+    )
     readings = spark.createDataFrame([("SWITCH", date(2021, 1, 2), 0.5, 1, "Stale")], schema)
     df = transforms.with_attribution(readings, conformed.segments_df, conformed.meterpoints_df)
     row = df.collect()
@@ -311,7 +327,9 @@ def test_agreement_segments_split_a_meterpoint_where_the_winner_changes() -> Non
                     ),
                 ),
                 "product": dimensions.SourceTable(
-                    "product", dimensions.REQUIRED["product"], ("",) * 4,
+                    "product",
+                    dimensions.REQUIRED["product"],
+                    ("",) * 4,
                     (("One", 0, 10, 1), ("Two", 1, 20, 2)),
                 ),
                 "meterpoint": dimensions.SourceTable("meterpoint", ("region", "meterpoint_id"), ("", ""), ()),
@@ -413,7 +431,9 @@ def test_product_day_totals_reconcile_with_half_hour_totals_per_date(staging_df:
 
 def test_gold_aggregate_per_half_hour_average_is_total_over_meterpoint_count(staging_df: DataFrame) -> None:
     df = transforms.gold_aggregate_per_half_hour(staging_df)
-    rows = {r.interval_start_local: r for r in df.filter(df.interval_start_local < datetime(2021, 1, 2)).collect()}
+    rows = {
+        r.interval_start_local: r for r in df.filter(df.interval_start_local < datetime(2021, 1, 2)).collect()
+    }
     assert (rows[L0].meterpoint_count, rows[L0].total_kwh, rows[L0].avg_kwh) == (4, 1.875, 1.875 / 4)
     assert (rows[L1].meterpoint_count, rows[L1].total_kwh, rows[L1].avg_kwh) == (3, 1.5, 0.5)
     for r in df.collect():
@@ -422,7 +442,9 @@ def test_gold_aggregate_per_half_hour_average_is_total_over_meterpoint_count(sta
 
 def test_gold_avg_half_hour_by_product_keeps_the_null_group(staging_df: DataFrame) -> None:
     df = transforms.gold_avg_half_hour_by_product(staging_df).filter("interval_start_local < '2021-01-02'")
-    assert rows_of(df, "product_display_name", "interval_start", "meterpoint_count", "total_kwh", "avg_kwh") == sorted(
+    assert rows_of(
+        df, "product_display_name", "interval_start", "meterpoint_count", "total_kwh", "avg_kwh"
+    ) == sorted(
         [
             ("Agile", T0, 2, 0.75, 0.375),
             ("Fixed", T0, 1, 1.0, 1.0),
