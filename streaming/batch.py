@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any
@@ -100,7 +101,9 @@ class Pipeline:
                 return None
             df = self.spark.read.format("delta").load(location)
             rows = tuple(tuple(r) for r in df.collect())
-            tables[name] = dimensions.SourceTable(name, tuple(df.columns), tuple("" for _ in df.columns), rows)
+            tables[name] = dimensions.SourceTable(
+                name, tuple(df.columns), tuple("" for _ in df.columns), rows
+            )
         return dimensions.conformed_dataframes(
             self.spark, dimensions.Dimensions(tables=tables, fingerprint="landed")
         )
@@ -121,10 +124,15 @@ class Pipeline:
             dates = sorted(r[0] for r in re_attributed.select("reading_date").distinct().collect())
             if not dates:
                 return
-            log.info("dimension change: re-attributing %d meterpoint(s) over %d date(s)",
-                     affected.count(), len(dates))
+            log.info(
+                "dimension change: re-attributing %d meterpoint(s) over %d date(s)",
+                affected.count(),
+                len(dates),
+            )
             sinks.update_attribution(
-                self.spark, self.lake(sinks.STAGING), re_attributed,
+                self.spark,
+                self.lake(sinks.STAGING),
+                re_attributed,
                 list(transforms.ATTRIBUTION_COLUMNS),
             )
             self.refresh_presentation(dates)
@@ -166,22 +174,23 @@ class Pipeline:
             batch_df, self.rules, self.dims.meterpoints_df, ingested_at
         ).persist()
         try:
-            counts, reasons, warnings = _batch_counts(parsed)
+            counts, reasons, warnings, shape = _batch_counts(parsed)
             if reasons:
                 expectations.check_failures(reasons, self.rules, batch_id, _first_failure(parsed, self.rules))
             unread = self._unread_files(spark, parsed, batch_id, counts["files"])
             counts["files_unread"] = len(unread)
-            writes = [partial(self._write_raw, parsed, app_id, batch_id, ingested_at)]
+            writes = [partial(self._write_raw, parsed, sorted(shape.columns), app_id, batch_id, ingested_at)]
             if counts["files_quarantined"] or counts["rows_quarantined"] or unread:
-                writes.append(
-                    partial(self._write_quarantine, parsed, unread, app_id, batch_id, ingested_at)
-                )
+                writes.append(partial(self._write_quarantine, parsed, unread, app_id, batch_id, ingested_at))
             in_parallel(writes)
             crash_point("after_raw")
-            counts.update(self._stage(parsed, ingested_at))
+            counts.update(self._stage(parsed, sorted(shape.dates), ingested_at))
             # repeated deliveries, and rows another row of the batch superseded
             counts["duplicates"] = (
-                counts["rows"] - counts["rows_quarantined"] - counts["staged_new"] - counts["staged_corrected"]
+                counts["rows"]
+                - counts["rows_quarantined"]
+                - counts["staged_new"]
+                - counts["staged_corrected"]
             )
         finally:
             parsed.unpersist()
@@ -193,21 +202,19 @@ class Pipeline:
         self.batches.append(counts)
         log.info("batch %s", json.dumps(counts, default=str))
 
-    def _stage(self, parsed: DataFrame, ingested_at: datetime) -> dict[str, int]:
+    def _stage(self, parsed: DataFrame, dates: list[date], ingested_at: datetime) -> dict[str, int]:
         """Latest wins within the batch, point-in-time join, staging MERGE, presentation."""
         assert self.dims is not None
-        readings = transforms.latest_wins(transforms.valid_readings(parsed))
-        attributed = transforms.with_attribution(readings, self.dims.segments_df, self.dims.meterpoints_df)
-        staged = transforms.to_staging(attributed, F.lit(ingested_at).cast("timestamp")).persist()
-        try:
-            dates = sorted(r[0] for r in staged.select("reading_date").distinct().collect())
-            merged = {"inserted": 0, "updated": 0}
-            if dates:
-                merged = sinks.merge_staging(self.spark, self.lake(sinks.STAGING), staged, dates)
-                crash_point("after_staging")
-                self.refresh_presentation(dates)
-        finally:
-            staged.unpersist()
+        merged = {"inserted": 0, "updated": 0}
+        if dates:
+            readings = transforms.latest_wins(transforms.valid_readings(parsed))
+            attributed = transforms.with_attribution(
+                readings, self.dims.segments_df, self.dims.meterpoints_df
+            )
+            staged = transforms.to_staging(attributed, F.lit(ingested_at).cast("timestamp"))
+            merged = sinks.merge_staging(self.spark, self.lake(sinks.STAGING), staged, dates)
+            crash_point("after_staging")
+            self.refresh_presentation(dates)
         return {"dates": len(dates), "staged_new": merged["inserted"], "staged_corrected": merged["updated"]}
 
     def _unread_files(self, spark: SparkSession, parsed: DataFrame, batch_id: int, seen: int) -> list[str]:
@@ -222,11 +229,9 @@ class Pipeline:
         }
         return sorted(p for p in logged if source.normalise_path(p) not in present)
 
-    def _write_raw(self, parsed: DataFrame, app_id: str, batch_id: int, ingested_at: datetime) -> None:
-        files = transforms.file_records(parsed)
-        names = sorted(
-            r[0] for r in files.select(F.explode("columns")).distinct().collect() if r[0] is not None
-        )
+    def _write_raw(
+        self, parsed: DataFrame, names: list[str], app_id: str, batch_id: int, ingested_at: datetime
+    ) -> None:
         rows = transforms.row_records(parsed)
         raw = rows.select(
             *[F.col("raw_values")[n].alias(sinks.raw_column_name(n)) for n in names],
@@ -237,8 +242,9 @@ class Pipeline:
         )
         sinks.append_idempotent(raw, self.lake(sinks.RAW_READINGS), app_id, batch_id, merge_schema=True)
 
-    def _write_quarantine(self, parsed: DataFrame, unread: list[str], app_id: str, batch_id: int,
-                          ingested_at: datetime) -> None:
+    def _write_quarantine(
+        self, parsed: DataFrame, unread: list[str], app_id: str, batch_id: int, ingested_at: datetime
+    ) -> None:
         at = F.lit(ingested_at).cast("timestamp").alias("ingested_at")
         bad_files = (
             transforms.file_records(parsed)
@@ -256,7 +262,9 @@ class Pipeline:
         files_write = partial(
             sinks.append_idempotent,
             bad_files.select("source_file", F.col("file_error").alias("reason"), at),
-            self.lake(sinks.QUARANTINE_FILES), app_id, batch_id,
+            self.lake(sinks.QUARANTINE_FILES),
+            app_id,
+            batch_id,
         )
         rows_write = partial(
             sinks.append_idempotent,
@@ -270,7 +278,9 @@ class Pipeline:
                 "reason",
                 at,
             ),
-            self.lake(sinks.QUARANTINE_READINGS), app_id, batch_id,
+            self.lake(sinks.QUARANTINE_READINGS),
+            app_id,
+            batch_id,
         )
         in_parallel([files_write, rows_write])
 
@@ -312,24 +322,42 @@ def in_parallel(tasks: Sequence[Callable[[], object]], after_first: Callable[[],
                 after_first()
 
 
-def _batch_counts(parsed: DataFrame) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """Files and rows of a micro-batch; quarantined by reason code; warnings by rule."""
+@dataclass
+class BatchShape:
+    """What the writes of a batch need to know up front: file columns, local dates."""
+
+    columns: set[str] = field(default_factory=set)
+    dates: set[date] = field(default_factory=set)
+
+
+def _batch_counts(
+    parsed: DataFrame,
+) -> tuple[dict[str, int], dict[str, int], dict[str, int], BatchShape]:
+    """One pass over the batch: files and rows; quarantined by reason code; warnings
+    by rule; the file columns (raw layer) and the local dates of valid readings."""
     code = F.coalesce(
         expectations.reason_code(F.col("file_error")), expectations.reason_code(F.col("reason"))
     )
     rules = expectations.EXTRA_RULES
+    local_date = F.to_date(source.micros_to_local(F.col("interval_start_local_us")))
     grouped = (
         parsed.groupBy(F.col("kind"), code.alias("code"))
         .agg(
             F.count(F.lit(1)).alias("n"),
             *[F.sum(F.array_contains("warnings", r).cast("long")).alias(r) for r in rules],
+            F.array_distinct(F.flatten(F.collect_set("columns"))).alias("columns"),
+            F.collect_set(local_date).alias("dates"),
         )
         .collect()
     )
     counts = {"files": 0, "files_quarantined": 0, "rows": 0, "rows_quarantined": 0}
     reasons: dict[str, int] = {}
     warnings: dict[str, int] = {}
+    shape = BatchShape()
     for row in grouped:
+        shape.columns.update(c for c in row["columns"] if c is not None)
+        if row["kind"] == "row" and row["code"] is None:
+            shape.dates.update(row["dates"])
         plural = "files" if row["kind"] == "file" else "rows"
         counts[plural] += row["n"]
         if row["code"] is not None:
@@ -338,15 +366,12 @@ def _batch_counts(parsed: DataFrame) -> tuple[dict[str, int], dict[str, int], di
         for rule in rules:
             if row[rule]:
                 warnings[rule] = warnings.get(rule, 0) + int(row[rule])
-    return counts, reasons, warnings
+    return counts, reasons, warnings, shape
 
 
 def _first_failure(parsed: DataFrame, rules: expectations.Expectations) -> str | None:
     """`file row N: reason` of the first record violating a `fail` expectation."""
-    codes = [
-        c for rule in rules.rules_with("fail")
-        for c in expectations.CONTRACT_RULES.get(rule, (rule,))
-    ]
+    codes = [c for rule in rules.rules_with("fail") for c in expectations.CONTRACT_RULES.get(rule, (rule,))]
     if not codes:
         return None
     row = (
@@ -360,8 +385,10 @@ def _first_failure(parsed: DataFrame, rules: expectations.Expectations) -> str |
 def _changed_meterpoints(old: dimensions.Conformed, new: dimensions.Conformed) -> DataFrame:
     """Meterpoints whose agreement segments or region differ between two dimension sets."""
     seg_cols = old.segments_df.columns
-    seg_diff = old.segments_df.select(*seg_cols).exceptAll(new.segments_df.select(*seg_cols)).union(
-        new.segments_df.select(*seg_cols).exceptAll(old.segments_df.select(*seg_cols))
+    seg_diff = (
+        old.segments_df.select(*seg_cols)
+        .exceptAll(new.segments_df.select(*seg_cols))
+        .union(new.segments_df.select(*seg_cols).exceptAll(old.segments_df.select(*seg_cols)))
     )
     mp_diff = old.meterpoints_df.exceptAll(new.meterpoints_df).union(
         new.meterpoints_df.exceptAll(old.meterpoints_df)

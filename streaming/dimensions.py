@@ -118,8 +118,9 @@ def read_sqlite(db_path: str, attempts: int = 10, wait_seconds: float = 1.0) -> 
             last_error = exc
         except sqlite3.DatabaseError as exc:  # e.g. a file caught half-copied
             last_error = exc
-        log.warning("dimension database %s not readable (%s), retry %d/%d",
-                    db_path, last_error, attempt, attempts)
+        log.warning(
+            "dimension database %s not readable (%s), retry %d/%d", db_path, last_error, attempt, attempts
+        )
         time.sleep(wait_seconds)
     raise DimensionError(
         f"dimension database {db_path} still unreadable after {attempts} attempts: {last_error}"
@@ -135,15 +136,13 @@ def _read_once(db_path: str) -> Dimensions:
             info = conn.execute(f"PRAGMA table_info({name})").fetchall()
             if not info:
                 raise DimensionError(
-                    f"dimension database {db_path} has no table '{name}' "
-                    f"(expected {', '.join(TABLES)})"
+                    f"dimension database {db_path} has no table '{name}' (expected {', '.join(TABLES)})"
                 )
             columns = tuple(r[1] for r in info)
             missing = [c for c in REQUIRED[name] if c not in columns]
             if missing:
                 raise DimensionError(
-                    f"dimension database {db_path}: table '{name}' lacks column(s) "
-                    f"{', '.join(missing)}"
+                    f"dimension database {db_path}: table '{name}' lacks column(s) {', '.join(missing)}"
                 )
             cols_sql = ", ".join(f'"{c}"' for c in columns)
             rows = tuple(conn.execute(f"SELECT {cols_sql} FROM {name} ORDER BY rowid"))
@@ -166,9 +165,7 @@ def _spark_type(declared: str, values: list[Any]) -> DataType:
     present = [v for v in values if v is not None]
     if "INT" in kind and all(isinstance(v, int) for v in present):
         return LongType()
-    if any(k in kind for k in ("REAL", "FLOA", "DOUB")) and all(
-        isinstance(v, (int, float)) for v in present
-    ):
+    if any(k in kind for k in ("REAL", "FLOA", "DOUB")) and all(isinstance(v, (int, float)) for v in present):
         return DoubleType()
     if "BOOL" in kind and all(isinstance(v, (int, bool)) and v in (0, 1) for v in present):
         return BooleanType()
@@ -196,10 +193,7 @@ def raw_dataframe(spark: SparkSession, table: SourceTable) -> DataFrame:
         dtype = _spark_type(declared, [r[i] for r in table.rows])
         fields.append(StructField(col, dtype, True))
     schema = StructType(fields)
-    rows = [
-        tuple(_convert(v, f.dataType) for v, f in zip(row, fields, strict=True))
-        for row in table.rows
-    ]
+    rows = [tuple(_convert(v, f.dataType) for v, f in zip(row, fields, strict=True)) for row in table.rows]
     return spark.createDataFrame(rows, schema)
 
 
@@ -313,13 +307,13 @@ class Product:
     is_variable: bool | None
 
 
-def conform(dims: Dimensions) -> tuple[list[Agreement], dict[int, Product], dict[str, str | None], Counter[str]]:
+def conform(
+    dims: Dimensions,
+) -> tuple[list[Agreement], dict[int, Product], dict[str, str | None], Counter[str]]:
     """Typed agreements, products by product_id and regions by meterpoint; problems counted."""
     problems: Counter[str] = Counter()
     products: dict[int, Product] = {}
-    for row in sorted(
-        dims.tables["product"].dicts(), key=lambda r: (parse_int(r["id"]) or 0)
-    ):
+    for row in sorted(dims.tables["product"].dicts(), key=lambda r: parse_int(r["id"]) or 0):
         pid = parse_int(row["product_id"])
         if pid is None:
             problems["product: product_id not an integer"] += 1
@@ -360,8 +354,7 @@ def conform(dims: Dimensions) -> tuple[list[Agreement], dict[int, Product], dict
         if pid is None or pid not in products:
             problems["agreement: product not in product table"] += 1
         agreements.append(
-            Agreement(aid, str(row["meterpoint_id"]), valid_from, valid_to, pid,
-                      parse_int(row["account_id"]))
+            Agreement(aid, str(row["meterpoint_id"]), valid_from, valid_to, pid, parse_int(row["account_id"]))
         )
     return agreements, products, regions, problems
 
@@ -447,8 +440,16 @@ def conformed_dataframes(spark: SparkSession, dims: Dimensions) -> Conformed:
     segments = agreement_segments(agreements, products)
     segments_df = spark.createDataFrame(
         [
-            (s.meterpoint_id, s.segment_from, s.segment_to, s.agreement_id, s.product_id,
-             s.product_display_name, s.product_is_variable, s.account_id)
+            (
+                s.meterpoint_id,
+                s.segment_from,
+                s.segment_to,
+                s.agreement_id,
+                s.product_id,
+                s.product_display_name,
+                s.product_is_variable,
+                s.account_id,
+            )
             for s in segments
         ],
         schemas.AGREEMENT_SEGMENTS,
@@ -456,9 +457,15 @@ def conformed_dataframes(spark: SparkSession, dims: Dimensions) -> Conformed:
     meterpoints_df = spark.createDataFrame(sorted(regions.items()), schemas.METERPOINTS)
     agreements_df = spark.createDataFrame(
         [
-            (a.agreement_id, a.meterpoint_id, a.valid_from, a.valid_to, a.product_id,
-             products[a.product_id].display_name if a.product_id in products else None,
-             products[a.product_id].is_variable if a.product_id in products else None)
+            (
+                a.agreement_id,
+                a.meterpoint_id,
+                a.valid_from,
+                a.valid_to,
+                a.product_id,
+                products[a.product_id].display_name if a.product_id in products else None,
+                products[a.product_id].is_variable if a.product_id in products else None,
+            )
             for a in agreements
         ],
         AGREEMENTS,

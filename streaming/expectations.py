@@ -71,7 +71,9 @@ def load_expectations(settings: dict[str, str]) -> Expectations:
             try:
                 ceiling = float(value)
             except ValueError as exc:
-                raise ConfigError(f"expectations.max_kwh_per_half_hour must be a number, got {value!r}") from exc
+                raise ConfigError(
+                    f"expectations.max_kwh_per_half_hour must be a number, got {value!r}"
+                ) from exc
             continue
         if key not in DEFAULTS:
             raise ConfigError(f"unknown expectation {key!r} (known: {', '.join(DEFAULTS)})")
@@ -88,17 +90,16 @@ def reason_code(reason: Column) -> Column:
     return F.split(reason, ":").getItem(0)
 
 
-def extra_rule_violations(readings_df: DataFrame, meterpoints_df: DataFrame, now: datetime,
-                          ceiling: float) -> DataFrame:
+def extra_rule_violations(
+    readings_df: DataFrame, meterpoints_df: DataFrame, now: datetime, ceiling: float
+) -> DataFrame:
     """Adds one boolean column per extra rule: True where the row violates it.
 
     `readings_df` are valid parsed rows (`meterpoint_id`, `consumption_kwh`,
     `interval_start_us`).
     """
     known = meterpoints_df.select(F.col("meterpoint_id").alias("_known_id"))
-    joined = readings_df.join(
-        F.broadcast(known), readings_df["meterpoint_id"] == F.col("_known_id"), "left"
-    )
+    joined = readings_df.join(F.broadcast(known), readings_df["meterpoint_id"] == F.col("_known_id"), "left")
     now_us = int((now - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
     return (
         joined.withColumn("known_meterpoint", F.col("_known_id").isNull())
@@ -108,8 +109,9 @@ def extra_rule_violations(readings_df: DataFrame, meterpoints_df: DataFrame, now
     )
 
 
-def with_expectations(parsed_df: DataFrame, rules: Expectations, meterpoints_df: DataFrame,
-                      now: datetime) -> DataFrame:
+def with_expectations(
+    parsed_df: DataFrame, rules: Expectations, meterpoints_df: DataFrame, now: datetime
+) -> DataFrame:
     """Parsed records with `reason` set for rows an extra `drop` rule rejects and a
     `warnings` array naming the `warn` rules a kept row violates."""
     rows = parsed_df.filter(F.col("kind") == "row")
@@ -119,37 +121,39 @@ def with_expectations(parsed_df: DataFrame, rules: Expectations, meterpoints_df:
     reason = F.col("reason")
     messages = {
         "known_meterpoint": F.format_string(
-            "known_meterpoint: meterpoint_id %s is not in the meterpoint table", F.col("meterpoint_id")),
+            "known_meterpoint: meterpoint_id %s is not in the meterpoint table", F.col("meterpoint_id")
+        ),
         "plausible_consumption": F.format_string(
             "plausible_consumption: consumption_delta %s kWh is above the ceiling of %s kWh",
-            F.col("consumption_kwh").cast("string"), F.lit(str(rules.max_kwh_per_half_hour))),
+            F.col("consumption_kwh").cast("string"),
+            F.lit(str(rules.max_kwh_per_half_hour)),
+        ),
         "not_in_future": F.format_string(
-            "not_in_future: interval_start %s is in the future",
-            F.col("raw_values")["interval_start"]),
+            "not_in_future: interval_start %s is in the future", F.col("raw_values")["interval_start"]
+        ),
     }
     for rule in EXTRA_RULES:
         if rules.action(rule) in ("drop", "fail"):
             reason = F.when(valid & F.col(rule) & reason.isNull(), messages[rule]).otherwise(reason)
     warn_rules = [r for r in EXTRA_RULES if rules.action(r) == "warn"]
     warnings = F.filter(
-        F.array(*[F.when(valid & F.col(r), F.lit(r)) for r in warn_rules]) if warn_rules
+        F.array(*[F.when(valid & F.col(r), F.lit(r)) for r in warn_rules])
+        if warn_rules
         else F.array().cast("array<string>"),
         lambda x: x.isNotNull(),
     )
-    rows_out = (
-        checked.withColumn("reason", reason)
-        .withColumn("warnings", warnings)
-        .drop(*EXTRA_RULES)
-    )
+    rows_out = checked.withColumn("reason", reason).withColumn("warnings", warnings).drop(*EXTRA_RULES)
     files_out = files.withColumn("warnings", F.array().cast("array<string>"))
     return rows_out.unionByName(files_out)
 
 
-def check_failures(reason_counts: dict[str, int], rules: Expectations, batch_id: int,
-                   example: str | None) -> None:
+def check_failures(
+    reason_counts: dict[str, int], rules: Expectations, batch_id: int, example: str | None
+) -> None:
     """Raise `ExpectationFailed` if a `fail` rule was violated in the batch."""
     failed = {
-        code: n for code, n in reason_counts.items()
+        code: n
+        for code, n in reason_counts.items()
         if (rule := rules.rule_of_reason(code)) is not None and rules.action(rule) == "fail"
     }
     if failed:

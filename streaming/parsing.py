@@ -87,9 +87,7 @@ def load_json(content: bytes) -> tuple[Any, str | None]:
     if not text.strip():
         return None, "empty_file: the file holds only white space"
     try:
-        doc = json.loads(
-            text, parse_float=JsonNumber, parse_int=JsonNumber, parse_constant=JsonNumber
-        )
+        doc = json.loads(text, parse_float=JsonNumber, parse_int=JsonNumber, parse_constant=JsonNumber)
     except json.JSONDecodeError as exc:
         return None, f"invalid_json: {exc.msg} at line {exc.lineno} column {exc.colno}"
     except RecursionError:
@@ -113,7 +111,9 @@ def check_structure(doc: Any) -> tuple[list[str], list[list[Any]]] | str:
         if key not in doc:
             return f"missing_key: the object has no '{key}' (keys: {sorted(doc)[:10]})"
     columns, data = doc["columns"], doc["data"]
-    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+    if not isinstance(columns, list) or not all(
+        isinstance(c, str) and not isinstance(c, JsonNumber) for c in columns
+    ):
         return "bad_columns: 'columns' must be a list of column names (strings)"
     seen: set[str] = set()
     for name in columns:
@@ -234,7 +234,9 @@ def parse_readings(content: bytes, tz_name: str) -> ParsedFile:
     if isinstance(structure, str):
         out.error = structure
         if isinstance(doc, dict) and isinstance(doc.get("columns"), list):
-            out.columns = [c for c in doc["columns"] if isinstance(c, str)]
+            out.columns = [
+                c for c in doc["columns"] if isinstance(c, str) and not isinstance(c, JsonNumber)
+            ]
         return out
     columns, data = structure
     out.columns = columns
@@ -252,7 +254,9 @@ def parse_readings(content: bytes, tz_name: str) -> ParsedFile:
         if len(row) != width:
             reason = f"wrong_width: row has {len(row)} values, columns has {width}"
         else:
-            raw_mp, raw_ts, raw_kwh = (row[pos[c]] for c in ("meterpoint_id", "interval_start", "consumption_delta"))
+            raw_mp, raw_ts, raw_kwh = (
+                row[pos[c]] for c in ("meterpoint_id", "interval_start", "consumption_delta")
+            )
             meterpoint = parse_meterpoint(raw_mp)
             if meterpoint is None:
                 reason = f"bad_meterpoint: meterpoint_id must be a non-empty string, got {to_json(raw_mp)}"

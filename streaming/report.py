@@ -36,7 +36,8 @@ def quarantine_lines(spark: SparkSession, lake: sinks.LakePaths) -> list[str]:
         if not DeltaTable.isDeltaTable(spark, location):
             continue
         counts = (
-            spark.read.format("delta").load(location)
+            spark.read.format("delta")
+            .load(location)
             .groupBy(F.split("reason", ":")[0].alias("reason"))
             .count()
             .orderBy(F.desc("count"))

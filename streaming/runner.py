@@ -204,8 +204,9 @@ MODES = {
 }
 
 
-def run(cfg: Config, master: str | None = None, report: bool = False,
-        spark: SparkSession | None = None) -> Pipeline:
+def run(
+    cfg: Config, master: str | None = None, report: bool = False, spark: SparkSession | None = None
+) -> Pipeline:
     """Check inputs, take the checkpoint lock, start Spark and run the configured mode.
 
     `spark` lets a caller (a test, a notebook) reuse a warm session.
@@ -219,8 +220,9 @@ def run(cfg: Config, master: str | None = None, report: bool = False,
         stop.restore()
 
 
-def _run_locked(cfg: Config, master: str | None, report: bool, spark: SparkSession | None,
-                stop: StopSignal) -> Pipeline:
+def _run_locked(
+    cfg: Config, master: str | None, report: bool, spark: SparkSession | None, stop: StopSignal
+) -> Pipeline:
     from streaming.dimensions import DimensionError
     from streaming.report import summary_lines
     from streaming.session import build_session
@@ -228,8 +230,12 @@ def _run_locked(cfg: Config, master: str | None, report: bool, spark: SparkSessi
     with checkpoint_lock(cfg.checkpoints):
         started = time.monotonic()
         spark = spark or build_session(cfg, master=master)
-        log.info("spark %s up in %.1f s (master %s)", spark.version,
-                 time.monotonic() - started, spark.sparkContext.master)
+        log.info(
+            "spark %s up in %.1f s (master %s)",
+            spark.version,
+            time.monotonic() - started,
+            spark.sparkContext.master,
+        )
         pipeline = Pipeline(spark, cfg)
         try:
             pipeline.prepare()

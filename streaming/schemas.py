@@ -130,9 +130,7 @@ PRODUCT_DAY_TOTALS = StructType(
     ]
 )
 
-GOLD_HALF_HOUR = StructType(
-    [*HALF_HOUR_TOTALS.fields, StructField("avg_kwh", DoubleType(), False)]
-)
+GOLD_HALF_HOUR = StructType([*HALF_HOUR_TOTALS.fields, StructField("avg_kwh", DoubleType(), False)])
 
 GOLD_PRODUCT_HALF_HOUR = StructType(
     [

@@ -66,7 +66,7 @@ PRESENTATION_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
 _BAD_NAME_CHARS = re.compile(r"[ ,;{}()\n\t=]")
 
 
-def ensure_tables(spark: SparkSession, location: "LakePaths") -> None:
+def ensure_tables(spark: SparkSession, location: LakePaths) -> None:
     """Create every output table (empty, with its schema) if it does not exist yet."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -102,14 +102,11 @@ def raw_column_name(name: str) -> str:
     return clean
 
 
-def append_idempotent(df: DataFrame, path: str, app_id: str, batch_id: int, merge_schema: bool = False) -> None:
+def append_idempotent(
+    df: DataFrame, path: str, app_id: str, batch_id: int, merge_schema: bool = False
+) -> None:
     """Append once per (app_id, batch_id): Delta skips a version it has already seen."""
-    writer = (
-        df.write.format("delta")
-        .mode("append")
-        .option("txnAppId", app_id)
-        .option("txnVersion", batch_id)
-    )
+    writer = df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id)
     if merge_schema:
         writer = writer.option("mergeSchema", "true")
     writer.save(path)
@@ -127,36 +124,50 @@ def any_differs(left: str, right: str, columns: Iterable[str]) -> Column:
     return ~null_safe_equal(left, right, columns)
 
 
-def merge_staging(spark: SparkSession, path: str, batch_df: DataFrame, dates: Sequence[date]) -> dict[str, int]:
+STAGING_KEYS = ("reading_date", "meterpoint_id", "interval_start")
+STAGING_COMPARED = (
+    "consumption_kwh",
+    "agreement_id",
+    "product_id",
+    "product_display_name",
+    "product_is_variable",
+    "region",
+    "account_id",
+)
+
+
+def merge_staging(
+    spark: SparkSession, path: str, batch_df: DataFrame, dates: Sequence[date]
+) -> dict[str, int]:
     """Upsert one reading per key; the later batch wins, an equal value changes nothing.
 
-    Returns the MERGE's row counts (`inserted`, `updated`).
+    Rows equal to what staging holds are removed first, so a repeated delivery
+    (or a replayed batch) rewrites no file and commits nothing. Returns the
+    MERGE's row counts (`inserted`, `updated`).
     """
-    target = DeltaTable.forPath(spark, path)
-    on = (
-        F.col("t.reading_date").isin(list(dates))
-        & (F.col("t.meterpoint_id") == F.col("s.meterpoint_id"))
-        & (F.col("t.interval_start") == F.col("s.interval_start"))
-    )
-    compared = ("consumption_kwh", "agreement_id", "product_id", "product_display_name",
-                "product_is_variable", "region", "account_id")
-    (
-        target.alias("t")
-        .merge(batch_df.alias("s"), on)
-        .whenMatchedUpdateAll(condition=any_differs("t", "s", compared))
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
-    return last_merge_counts(target)
-
-
-def last_merge_counts(table: DeltaTable) -> dict[str, int]:
-    """Inserted and updated row counts of the table's newest commit (a MERGE)."""
-    row = table.history(1).select("operation", "operationMetrics").first()
-    metrics = (row["operationMetrics"] or {}) if row and row["operation"] == "MERGE" else {}
+    current = spark.read.format("delta").load(path).filter(F.col("reading_date").isin(list(dates)))
+    same = null_safe_equal("s", "t", (*STAGING_KEYS, *STAGING_COMPARED))
+    changed = batch_df.alias("s").join(current.alias("t"), same, "left_anti").persist()
+    try:
+        if changed.isEmpty():
+            return {"inserted": 0, "updated": 0}
+        target = DeltaTable.forPath(spark, path)
+        on = F.col("t.reading_date").isin(list(dates)) & reduce(
+            lambda acc, c: acc & (F.col(f"t.{c}") == F.col(f"s.{c}")), STAGING_KEYS, F.lit(True)
+        )
+        metrics = (
+            target.alias("t")
+            .merge(changed.alias("s"), on)
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+            .first()  # Delta returns the MERGE's row counts as a one-row DataFrame
+        )
+    finally:
+        changed.unpersist()
     return {
-        "inserted": int(metrics.get("numTargetRowsInserted", 0)),
-        "updated": int(metrics.get("numTargetRowsUpdated", 0)),
+        "inserted": int(metrics["num_inserted_rows"]) if metrics else 0,
+        "updated": int(metrics["num_updated_rows"]) if metrics else 0,
     }
 
 
@@ -179,7 +190,9 @@ def update_attribution(spark: SparkSession, path: str, changed_df: DataFrame, co
     )
 
 
-def merge_recomputed(spark: SparkSession, path: str, table: str, fresh_df: DataFrame, dates: Sequence[date]) -> None:
+def merge_recomputed(
+    spark: SparkSession, path: str, table: str, fresh_df: DataFrame, dates: Sequence[date]
+) -> None:
     """Make the rows of `table` for `dates` equal to `fresh_df` (recomputed from staging).
 
     Keys are compared null-safe (a NULL display name means "no agreement"), rows

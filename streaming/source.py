@@ -70,8 +70,17 @@ def _parse_batch(batch: pa.RecordBatch, tz_name: str) -> pa.RecordBatch:
         cols["kind"].append("file")
         cols["columns"].append(parsed.columns)
         cols["file_error"].append(parsed.error)
-        pad(1, "row_index", "raw_values", "row_json", "meterpoint_id", "interval_start_us",
-            "interval_start_local_us", "consumption_kwh", "reason")
+        pad(
+            1,
+            "row_index",
+            "raw_values",
+            "row_json",
+            "meterpoint_id",
+            "interval_start_us",
+            "interval_start_local_us",
+            "consumption_kwh",
+            "reason",
+        )
         # its rows
         file_of_record.extend([f] * n)
         cols["kind"].extend(["row"] * n)
@@ -121,7 +130,7 @@ def normalise_path(path: str) -> str:
     from urllib.parse import unquote
 
     path = unquote(path)
-    return "file:/" + path[len("file:"):].lstrip("/") if path.startswith("file:") else path
+    return "file:/" + path[len("file:") :].lstrip("/") if path.startswith("file:") else path
 
 
 def batch_files(checkpoint: str, batch_id: int) -> list[str] | None:

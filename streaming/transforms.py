@@ -79,9 +79,7 @@ def latest_wins(readings_df: DataFrame) -> DataFrame:
         F.col("row_index").desc(),
     )
     return (
-        readings_df.withColumn("_rank", F.row_number().over(order))
-        .filter(F.col("_rank") == 1)
-        .drop("_rank")
+        readings_df.withColumn("_rank", F.row_number().over(order)).filter(F.col("_rank") == 1).drop("_rank")
     )
 
 
@@ -95,9 +93,11 @@ def with_attribution(readings_df: DataFrame, segments_df: DataFrame, meterpoints
     """
     base = readings_df.drop(*[c for c in ATTRIBUTION_COLUMNS if c in readings_df.columns])
     seg = segments_df.alias("seg")
-    covered = (F.col("r.meterpoint_id") == F.col("seg.meterpoint_id")) & (
-        F.col("r.reading_date") >= F.col("seg.segment_from")
-    ) & (F.col("seg.segment_to").isNull() | (F.col("r.reading_date") < F.col("seg.segment_to")))
+    covered = (
+        (F.col("r.meterpoint_id") == F.col("seg.meterpoint_id"))
+        & (F.col("r.reading_date") >= F.col("seg.segment_from"))
+        & (F.col("seg.segment_to").isNull() | (F.col("r.reading_date") < F.col("seg.segment_to")))
+    )
     joined = base.alias("r").join(F.broadcast(seg), covered, "left")
     joined = joined.join(
         F.broadcast(meterpoints_df.alias("mp")),
@@ -116,21 +116,25 @@ def to_staging(attributed_df: DataFrame, ingested_at: Column) -> DataFrame:
     return attributed_df.withColumn("ingested_at", ingested_at).select(*STAGING_COLUMNS)
 
 
+def exact_sum(column: str) -> Column:
+    """Sum of kWh that does not depend on row order: decimal addition is exact, so a
+    recomputation over the same rows gives the same double, bit for bit."""
+    return F.sum(F.col(column).cast("decimal(38,12)")).cast("double")
+
+
 def half_hour_totals(staging_df: DataFrame) -> DataFrame:
     """`presentation/total_consumption_half_hour`: one row per half-hour instant."""
     return staging_df.groupBy("interval_start", "interval_start_local").agg(
         F.count_distinct("meterpoint_id").cast("long").alias("meterpoint_count"),
-        F.sum("consumption_kwh").alias("total_kwh"),
+        exact_sum("consumption_kwh").alias("total_kwh"),
     )
 
 
 def product_day_totals(staging_df: DataFrame) -> DataFrame:
     """`presentation/consumption_per_product_per_day`, grouped by display name."""
-    return staging_df.groupBy(
-        "product_display_name", F.col("reading_date").alias("date")
-    ).agg(
+    return staging_df.groupBy("product_display_name", F.col("reading_date").alias("date")).agg(
         F.count_distinct("meterpoint_id").cast("long").alias("meterpoint_count"),
-        F.sum("consumption_kwh").alias("total_kwh"),
+        exact_sum("consumption_kwh").alias("total_kwh"),
     )
 
 
@@ -144,11 +148,9 @@ def gold_aggregate_per_half_hour(staging_df: DataFrame) -> DataFrame:
 
 
 def gold_avg_half_hour_by_product(staging_df: DataFrame) -> DataFrame:
-    totals = staging_df.groupBy(
-        "product_display_name", "interval_start", "interval_start_local"
-    ).agg(
+    totals = staging_df.groupBy("product_display_name", "interval_start", "interval_start_local").agg(
         F.count_distinct("meterpoint_id").cast("long").alias("meterpoint_count"),
-        F.sum("consumption_kwh").alias("total_kwh"),
+        exact_sum("consumption_kwh").alias("total_kwh"),
     )
     return with_avg_kwh(totals)
 

@@ -40,8 +40,9 @@ class FileArrivals(FileSystemEventHandler):
         self._observer.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._observer.stop()
         self._observer.join(timeout=10)
 

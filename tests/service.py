@@ -87,8 +87,9 @@ class Service:
                     if regex.search(self.lines[i]):
                         return i
                 if self.proc.poll() is not None and not self._reader.is_alive():
-                    raise AssertionError(f"process ended ({self.proc.returncode}) before {pattern!r}:\n"
-                                         + self.tail())
+                    raise AssertionError(
+                        f"process ended ({self.proc.returncode}) before {pattern!r}:\n" + self.tail()
+                    )
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"timed out waiting for {pattern!r}:\n" + self.tail())

@@ -28,11 +28,16 @@ TABLES = list(TABLE_KEYS)
 
 def run_cli(tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     cmd = [
-        sys.executable, str(ROOT / "run_stream.py"),
-        "--readings", str(tmp / "data" / "readings"),
-        "--db", str(tmp / "data" / "case_study.db"),
-        "--lake", str(tmp / "lake"),
-        "--checkpoints", str(tmp / "checkpoints"),
+        sys.executable,
+        str(ROOT / "run_stream.py"),
+        "--readings",
+        str(tmp / "data" / "readings"),
+        "--db",
+        str(tmp / "data" / "case_study.db"),
+        "--lake",
+        str(tmp / "lake"),
+        "--checkpoints",
+        str(tmp / "checkpoints"),
         *extra,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -48,7 +53,9 @@ def check_against_reference(spark: SparkSession, tmp: Path, batches: list[list[F
 
 
 @pytest.mark.e2e
-def test_run_stream_first_run_second_delivery_and_idempotent_rerun(spark: SparkSession, tmp_path: Path) -> None:
+def test_run_stream_first_run_second_delivery_and_idempotent_rerun(
+    spark: SparkSession, tmp_path: Path
+) -> None:
     write_sample(tmp_path / "data", SPEC)
     readings = tmp_path / "data" / "readings"
     first = load_deliveries([readings])

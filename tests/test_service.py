@@ -64,7 +64,9 @@ def test_watch_mode_picks_up_placed_files_refuses_a_second_writer_and_stops_on_s
         # a second writer on the same checkpoint is refused at once, with one line
         second = subprocess.run(
             [sys.executable, str(ROOT / "run_stream.py"), "--config", str(config)],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert second.returncode != 0
         err_lines = second.stderr.strip().splitlines()
@@ -96,8 +98,14 @@ def test_processing_time_service_reattributes_readings_after_a_dimension_refresh
     try:
         first = service.wait_for(r"streaming.batch: batch \{")
         # midnight: the database is replaced; a meterpoint without agreement gets one
-        write_dimensions(db, meterpoint_ids(SPEC.meterpoints, SPEC.seed), SPEC.start, SPEC.days,
-                         SPEC.seed, onboard_on=SPEC.start)
+        write_dimensions(
+            db,
+            meterpoint_ids(SPEC.meterpoints, SPEC.seed),
+            SPEC.start,
+            SPEC.days,
+            SPEC.seed,
+            onboard_on=SPEC.start,
+        )
         service.wait_for(r"re-attributing", after=first)
         landed = service.wait_for(r"dimensions landed", after=first)
         # the stream goes on with the new dimensions
@@ -123,11 +131,15 @@ def test_kill_9_inside_a_batch_then_restart_gives_the_uninterrupted_result(
     assert crashed.count(f"crash hook: killing the process at {point}") == 1
 
     # a plain restart (here on the test's warm session) is not locked out and recovers
-    cfg = make_config(tmp_path, readings=tmp_path / "data" / "readings", db=tmp_path / "data" / "case_study.db")
+    cfg = make_config(
+        tmp_path, readings=tmp_path / "data" / "readings", db=tmp_path / "data" / "case_study.db"
+    )
     pipeline = runner.run(cfg, spark=spark)
     assert [b["batch_id"] for b in pipeline.batches] == [0]  # the crashed batch, replayed
     assert_matches_reference(spark, tmp_path)
     raw_rows = spark.read.format("delta").load(str(tmp_path / "lake" / "raw" / "readings")).count()
-    delivered = sum(len(__import__("json").loads(p.read_text())["data"])
-                    for p in (tmp_path / "data" / "readings").glob("*.json"))
+    delivered = sum(
+        len(__import__("json").loads(p.read_text())["data"])
+        for p in (tmp_path / "data" / "readings").glob("*.json")
+    )
     assert raw_rows == delivered  # the raw append was not repeated
