@@ -143,6 +143,13 @@ class Pipeline:
         fresh = transforms.active_agreements(dims.agreements_df, self.cfg.as_of)
         sinks.replace_if_changed(self.spark, self.lake(sinks.ACTIVE_AGREEMENTS), fresh)
 
+    def maintain(self, retain_hours: float = 168.0) -> None:
+        """OPTIMIZE + VACUUM every table, between batches (never beside a MERGE)."""
+        from streaming.maintenance import maintain
+
+        with self.lock:
+            maintain(self.spark, self.lake, retain_hours)
+
     # ------------------------------------------------------------ batches
 
     def query_app_id(self) -> str:

@@ -32,6 +32,8 @@ class Config:
     max_files_per_trigger: int = 0
     dims_check_seconds: float = 30.0
     watch_debounce_seconds: float = 0.5
+    maintenance_every_hours: float = 24.0  # services: OPTIMIZE + VACUUM this often (0: never)
+    archive_dir: str = ""  # non-empty: move processed files there (file source cleanSource)
     spark: dict[str, str] = field(default_factory=dict)
     expectations: dict[str, str] = field(default_factory=dict)
 
@@ -97,6 +99,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
         max_files_per_trigger=int(pipeline.get("max_files_per_trigger", 0)),
         dims_check_seconds=float(pipeline.get("dims_check_seconds", 30)),
         watch_debounce_seconds=float(pipeline.get("watch_debounce_seconds", 0.5)),
+        maintenance_every_hours=float(pipeline.get("maintenance_every_hours", 24)),
+        archive_dir=resolve_path(str(pipeline["archive_dir"]), base) if pipeline.get("archive_dir") else "",
         spark={str(k): str(v) for k, v in raw.get("spark", {}).items()},
         expectations={str(k): str(v) for k, v in raw.get("expectations", {}).items()},
     )
@@ -105,7 +109,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in ("readings", "db", "lake", "checkpoints"):
+        if key in ("readings", "db", "lake", "checkpoints", "archive_dir") and value:
             changes[key] = resolve_path(str(value), cwd)
         elif key == "as_of":
             changes[key] = _parse_as_of(value)

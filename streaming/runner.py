@@ -155,13 +155,19 @@ def _dimension_watch(pipeline: Pipeline, stop: StopSignal, query: StreamingQuery
     it never interleaves with a micro-batch. A failure stops the query loudly.
     """
     done = threading.Event()
+    every = pipeline.cfg.maintenance_every_hours * 3600
+    next_maintenance = time.monotonic() + every
 
     def loop() -> None:
+        nonlocal next_maintenance
         while not done.wait(pipeline.cfg.dims_check_seconds):
             try:
                 pipeline.refresh_dimensions()
+                if every > 0 and time.monotonic() >= next_maintenance:
+                    pipeline.maintain()
+                    next_maintenance = time.monotonic() + every
             except Exception:
-                log.exception("dimension refresh failed; stopping")
+                log.exception("background refresh or maintenance failed; stopping")
                 pipeline.failure = True
                 stop.event.set()
                 return
@@ -174,7 +180,7 @@ def _dimension_watch(pipeline: Pipeline, stop: StopSignal, query: StreamingQuery
         done.set()
         thread.join(timeout=60)
     if pipeline.failure:
-        raise PipelineError("dimension refresh failed (see the log above)")
+        raise PipelineError("dimension refresh or maintenance failed (see the log above)")
 
 
 def run_watch(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop: StopSignal) -> None:

@@ -30,6 +30,9 @@ def read_readings_stream(spark: SparkSession, cfg: Config) -> DataFrame:
     )
     if cfg.max_files_per_trigger > 0:
         reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
+    if cfg.archive_dir:
+        # processed files are moved out, so listing the folder stays cheap for years
+        reader = reader.option("cleanSource", "archive").option("sourceArchiveDir", cfg.archive_dir)
     files_df = reader.load(cfg.readings)
     return parse_files(files_df, cfg.timezone)
 

@@ -47,7 +47,8 @@ class FileArrivals(FileSystemEventHandler):
         self._observer.join(timeout=10)
 
     def _arrived(self, path: str) -> None:
-        if is_reading_file(path):
+        # only files that land in the folder itself (not ones moved out to an archive)
+        if is_reading_file(path) and Path(path).parent == Path(self.folder):
             with self._lock:
                 self.arrived += 1
                 self._last_arrival = time.monotonic()

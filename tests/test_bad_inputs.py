@@ -4,9 +4,9 @@ The checked-in corpus `tests/bad_inputs/` (see its EXPECTED.md) goes through one
 available-now run beside four good generated files; each test then checks one
 outcome on the tables that run left. Further runs, each in its own folder, check
 the `warn`, `drop` and `fail` expectation actions, a fixed copy of a quarantined
-file replayed on the same checkpoint, and rows that once crashed the parser.
+file replayed on the same checkpoint, and rows that crash the parser.
 
-Spark work is kept to five short runs: the module fixtures run once and keep a
+Spark work is kept to six short runs: the module fixtures run once and keep a
 snapshot of the tables they produced.
 """
 
@@ -116,6 +116,10 @@ def code_of(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
+class _Text(str):
+    """A JSON number or NaN/Infinity literal kept as its source text."""
+
+
 def delivered_text(value: Any) -> str | None:
     """A cell as the raw layer keeps it: strings as they are, numbers and literals as written."""
     if value is None or isinstance(value, str):
@@ -134,10 +138,6 @@ def delivered_rows(path: Path) -> list[tuple[str | None, ...]]:
         cells = dict(zip(columns, row, strict=False))
         out.append(tuple(delivered_text(cells.get(c)) for c in COLUMNS))
     return out
-
-
-class _Text(str):
-    """A JSON number or NaN/Infinity literal kept as its source text."""
 
 
 def make_sample(tmp: Path) -> tuple[Path, list[Path]]:
@@ -440,9 +440,18 @@ def test_dropped_rows_are_the_only_rows_missing_from_staging_and_presentation(ru
 # ---------------------------------------------------------------- fail
 
 
-def test_fail_expectation_stops_the_run_and_writes_nothing(spark: SparkSession, tmp_path: Path) -> None:
-    db, good = make_sample(tmp_path)
-    readings = tmp_path / "readings"
+@dataclass
+class FailedRun:
+    error: BaseException | None
+    tables: Tables
+
+
+@pytest.fixture(scope="module")
+def failed(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> FailedRun:
+    """A run with `valid_consumption = "fail"` over a good file and one negative reading."""
+    tmp = tmp_path_factory.mktemp("fail")
+    db, good = make_sample(tmp)
+    readings = tmp / "readings"
     copy_in(good[:1], readings)
     write_readings_file(
         readings / "negative.json",
@@ -452,28 +461,43 @@ def test_fail_expectation_stops_the_run_and_writes_nothing(spark: SparkSession, 
             ["2021-01-02 01:00:00", 0.2, MP_A],
         ],
     )
-    cfg = make_config(
-        tmp_path, readings=readings, db=db, expectations={**DEFAULTS, "valid_consumption": "fail"}
-    )
-
-    with pytest.raises(runner.PipelineError) as failure:
+    cfg = make_config(tmp, readings=readings, db=db, expectations={**DEFAULTS, "valid_consumption": "fail"})
+    error: BaseException | None = None
+    try:
         runner.run(cfg, spark=spark)
+    except Exception as exc:  # the tests below say which type it must be
+        error = exc
+    return FailedRun(error, read_tables(spark, cfg.lake, [STAGING, RAW, Q_FILES, Q_ROWS]))
 
-    message = str(failure.value)
+
+def test_fail_expectation_raises_pipeline_error_naming_the_reason_file_and_row(failed: FailedRun) -> None:
+    assert failed.error is not None, "the run returned normally"
+    assert isinstance(failed.error, runner.PipelineError), (
+        f"{type(failed.error).__module__}.{type(failed.error).__name__} instead of PipelineError"
+    )
+    message = str(failed.error)
     assert "negative_consumption" in message
     assert "negative.json row 1" in message
-    tables = read_tables(spark, cfg.lake, [STAGING, RAW, Q_FILES, Q_ROWS])
-    assert {name: len(rows) for name, rows in tables.items()} == {STAGING: 0, RAW: 0, Q_FILES: 0, Q_ROWS: 0}
+
+
+def test_fail_expectation_writes_nothing_for_the_batch(failed: FailedRun) -> None:
+    assert failed.error is not None, "the run returned normally"
+    assert {name: len(rows) for name, rows in failed.tables.items()} == {
+        STAGING: 0,
+        RAW: 0,
+        Q_FILES: 0,
+        Q_ROWS: 0,
+    }
 
 
 # ---------------------------------------------------------------- rows that crash the parser
 
 
-def test_rows_that_once_crashed_the_parser_are_quarantined_and_the_run_goes_on(
+def test_rows_that_crash_the_parser_are_quarantined_and_the_run_goes_on(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    """Each of these rows made `parse_readings` raise inside the executors, which failed the
-    query for good (every restart replays the batch): a bad row must be quarantined."""
+    """Each of these rows makes `parse_readings` raise inside the executors, which fails the
+    query for good (every restart replays the batch): a bad row must be quarantined instead."""
     db, good = make_sample(tmp_path)
     readings = tmp_path / "readings"
     copy_in(good[:1], readings)
