@@ -29,10 +29,18 @@ from streaming.config import Config
 log = logging.getLogger(__name__)
 
 CRASH_ENV = "SMART_METER_CRASH_AT"  # test hook: kill the process at a named point
+CRASH_POINTS = ("after_raw", "after_staging", "mid_presentation")
 
 
-def crash_point(name: str) -> None:
-    """Kill this process with SIGKILL when the test hook names this point."""
+class SimulatedCrash(RuntimeError):
+    """Raised at a crash point by in-process tests (`Pipeline.raise_at`)."""
+
+
+def crash_point(name: str, raise_at: str | None = None) -> None:
+    """Test hooks: kill this process with SIGKILL when the environment names this
+    point; raise `SimulatedCrash` when `raise_at` does (in-process tests)."""
+    if raise_at == name:
+        raise SimulatedCrash(f"simulated crash at {name}")
     if os.environ.get(CRASH_ENV) == name:
         log.warning("crash hook: killing the process at %s", name)
         if os.getpgid(0) == os.getpid():  # a group leader: kill the tree (the JVM too)
@@ -53,6 +61,7 @@ class Pipeline:
         self.app_id: str | None = None
         self.batches: list[dict[str, Any]] = []
         self.failure = False  # set by a background refresh that failed
+        self.raise_at: str | None = None  # test hook: a crash point to raise at
         self.rules = expectations.load_expectations(cfg.expectations)
 
     # ------------------------------------------------------------ dimensions
@@ -190,7 +199,7 @@ class Pipeline:
             if counts["files_quarantined"] or counts["rows_quarantined"] or unread:
                 writes.append(partial(self._write_quarantine, parsed, unread, app_id, batch_id, ingested_at))
             in_parallel(writes)
-            crash_point("after_raw")
+            crash_point("after_raw", self.raise_at)
             counts.update(self._stage(parsed, sorted(shape.dates), ingested_at))
             # repeated deliveries, and rows another row of the batch superseded
             counts["duplicates"] = (
@@ -220,7 +229,7 @@ class Pipeline:
             )
             staged = transforms.to_staging(attributed, F.lit(ingested_at).cast("timestamp"))
             merged = sinks.merge_staging(self.spark, self.lake(sinks.STAGING), staged, dates)
-            crash_point("after_staging")
+            crash_point("after_staging", self.raise_at)
             self.refresh_presentation(dates)
         return {"dates": len(dates), "staged_new": merged["inserted"], "staged_corrected": merged["updated"]}
 
@@ -313,7 +322,7 @@ class Pipeline:
                     partial(sinks.merge_recomputed, self.spark, self.lake(table), table, df, dates)
                     for table, df in fresh.items()
                 ],
-                after_first=partial(crash_point, "mid_presentation"),
+                after_first=partial(crash_point, "mid_presentation", self.raise_at),
             )
         finally:
             staging.unpersist()

@@ -29,7 +29,6 @@ import logging
 import os
 import platform
 import re
-import resource
 import shlex
 import shutil
 import signal
@@ -213,10 +212,14 @@ def place_file(source: Path, folder: Path) -> float:
 
 
 # --------------------------------------------------------------------------
-# Process-tree memory
+# Process-tree memory and CPU
 # --------------------------------------------------------------------------
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, CPU ticks used: utime + stime) of every process."""
+    table: dict[int, tuple[int, int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -225,29 +228,38 @@ def _children_map() -> dict[int, list[int]]:
         except OSError:
             continue
         fields = text[text.rindex(")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    return children
+        table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return table
 
 
-def process_tree(root: int) -> list[int]:
-    children = _children_map()
-    tree, todo = [], [root]
+def process_tree(root: int, table: dict[int, tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """(pid, parent pid) of `root` and all its descendants, parents first."""
+    table = table if table is not None else _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = [], [(root, 0)]
     while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
+        pid, parent = todo.pop(0)
+        tree.append((pid, parent))
+        todo.extend((child, pid) for child in children.get(pid, []))
     return tree
 
 
-def _rss_and_name(pid: int) -> tuple[int, str]:
-    """(VmRSS in bytes, process name); (0, '') once it is gone."""
+def _memory_of(pid: int) -> tuple[int, int, str]:
+    """(VmRSS, VmSize) in bytes and the process name; (0, 0, '') once it is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return 0, ""
-    name = re.search(r"^Name:\s*(\S+)", status, re.M)
+        return 0, 0, ""
+    name = re.search(r"^Name:\s*(.+)$", status, re.M)
     rss = re.search(r"^VmRSS:\s*(\d+) kB", status, re.M)
-    return (int(rss.group(1)) * 1024 if rss else 0), (name.group(1) if name else "")
+    size = re.search(r"^VmSize:\s*(\d+) kB", status, re.M)
+    return (
+        int(rss.group(1)) * 1024 if rss else 0,
+        int(size.group(1)) * 1024 if size else 0,
+        name.group(1).strip() if name else "",
+    )
 
 
 def _pss(pid: int) -> int:
@@ -263,8 +275,12 @@ def _pss(pid: int) -> int:
 class TreeMemory:
     """Samples the RSS of a process and all its descendants; keeps the peak of the sum.
 
-    RSS counts pages shared by forked Python workers once per worker; the peak
-    of the summed PSS (shared pages split) is kept beside it.
+    A child caught between vfork and exec (the JVM starting a Python worker)
+    shares its parent's memory and shows the parent's exact RSS and size: it is
+    not counted. RSS counts the pages forked Python workers share once per
+    worker, so the peak of the summed PSS (shared pages split) is kept beside
+    it. CPU time is the sum over every process seen of its last sampled
+    utime + stime.
     """
 
     def __init__(self, root: int, interval: float = SAMPLE_SECONDS) -> None:
@@ -275,6 +291,7 @@ class TreeMemory:
         self.peak_pss = 0
         self.last = 0
         self.samples = 0
+        self.cpu_ticks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
 
@@ -292,10 +309,20 @@ class TreeMemory:
             self._stop.wait(self.interval)
 
     def sample(self) -> None:
+        table = _proc_table()
         parts = {"python_driver": 0, "jvm": 0, "python_workers": 0, "other": 0}
+        seen: dict[int, tuple[int, int]] = {}
         pss = 0
-        for pid in process_tree(self.root):
-            rss, name = _rss_and_name(pid)
+        for pid, parent in process_tree(self.root, table):
+            if pid not in table and pid != self.root:
+                continue
+            rss, size, name = _memory_of(pid)
+            if rss == 0:
+                continue
+            self.cpu_ticks[pid] = max(self.cpu_ticks.get(pid, 0), table.get(pid, (0, 0))[1])
+            seen[pid] = (rss, size)
+            if parent in seen and seen[parent] == (rss, size):
+                continue  # a vfork child: the parent's memory, already counted
             pss += _pss(pid)
             if pid == self.root:
                 parts["python_driver"] += rss
@@ -312,6 +339,10 @@ class TreeMemory:
             self.peak, self.peak_parts = total, parts
         self.peak_pss = max(self.peak_pss, pss)
 
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_ticks.values()) / CLOCK_TICKS
+
     def summary(self) -> dict[str, Any]:
         return {
             "peak_rss_mb": round(self.peak / 2**20, 1),
@@ -319,26 +350,14 @@ class TreeMemory:
             "peak_pss_mb": round(self.peak_pss / 2**20, 1),
             "samples": self.samples,
             "sample_interval_s": self.interval,
+            "cpu_s_sampled": round(self.cpu_seconds, 1),
         }
 
 
 def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system) used so far by a live process tree, reaped children included."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in process_tree(root):
-        try:
-            text = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return total / ticks
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds (utime + stime) used so far by the live processes of a tree."""
+    table = _proc_table()
+    return sum(table[pid][1] for pid, _ in process_tree(root, table) if pid in table) / CLOCK_TICKS
 
 
 # --------------------------------------------------------------------------
@@ -445,7 +464,6 @@ def bench_backfill(work: Path, meterpoints: int, days: int) -> dict[str, Any]:
     config = write_config(root)
     log_file = root / "run_stream.log"
     load_before = load_average()
-    cpu_before = children_cpu_seconds()
     say(f"backfill: cold run_stream.py (available-now), load average {load_before}")
     t0 = time.monotonic()
     with open(log_file, "w") as log:
@@ -473,7 +491,7 @@ def bench_backfill(work: Path, meterpoints: int, days: int) -> dict[str, Any]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    cpu = children_cpu_seconds() - cpu_before
+    cpu = memory.cpu_seconds
     lines = log_file.read_text().splitlines()
     if proc.returncode != 0:
         raise RuntimeError(f"run_stream.py exited {proc.returncode}:\n" + "\n".join(lines[-25:]))

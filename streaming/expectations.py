@@ -25,7 +25,7 @@ ACTIONS = ("warn", "drop", "fail")
 
 # contract rule -> parser reason codes (the text before ':' in `reason`)
 CONTRACT_RULES: dict[str, tuple[str, ...]] = {
-    "valid_row_width": ("wrong_width",),
+    "valid_row_width": ("wrong_width", "unreadable_row"),
     "valid_interval_start": ("bad_interval_start", "not_half_hour", "nonexistent_local_time"),
     "valid_consumption": ("bad_consumption", "negative_consumption"),
     "valid_meterpoint": ("bad_meterpoint",),

@@ -50,8 +50,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config")
     parser.add_argument("--lake")
-    parser.add_argument("--retain-hours", type=float, default=168.0,
-                        help="keep files younger versions need for this long (default 7 days)")
+    parser.add_argument(
+        "--retain-hours",
+        type=float,
+        default=168.0,
+        help="keep files younger versions need for this long (default 7 days)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

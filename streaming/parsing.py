@@ -62,12 +62,19 @@ def as_delivered(value: Any) -> str | None:
 
 def to_json(value: Any) -> str:
     """Compact JSON text of a parsed value; numbers are written as delivered."""
+    try:
+        return _to_json(value)
+    except RecursionError:  # json.loads accepts deeper nesting than a recursive writer
+        return '"<value nested too deeply>"'
+
+
+def _to_json(value: Any) -> str:
     if isinstance(value, JsonNumber):
         return str.__str__(value)
     if isinstance(value, list):
-        return "[" + ",".join(to_json(v) for v in value) + "]"
+        return "[" + ",".join(_to_json(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(k)}:{to_json(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{json.dumps(k)}:{_to_json(v)}" for k, v in value.items()) + "}"
     return json.dumps(value)
 
 
@@ -152,11 +159,15 @@ def parse_interval_start(text: str, tz_name: str) -> LocalTime | str:
     m = _TIMESTAMP.match(text.strip())
     if not m:
         return f"bad_interval_start: {text!r} is not a timestamp YYYY-MM-DD HH:MM:SS"
-    year, month, day, hour, minute, second, frac, offset = m.groups()
     try:
-        naive = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0))
-    except ValueError:
+        return _parse_valid_format(text, tz_name, m.groups())
+    except (ValueError, OverflowError):  # out of range, or beyond year 1..9999 in UTC
         return f"bad_interval_start: {text!r} is not a valid date and time"
+
+
+def _parse_valid_format(text: str, tz_name: str, groups: tuple[str, ...]) -> LocalTime | str:
+    year, month, day, hour, minute, second, frac, offset = groups
+    naive = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0))
     if naive.second != 0 or (frac and int(frac) != 0):
         return f"not_half_hour: {text!r} does not start on :00 or :30"
     tz: tzinfo = ZoneInfo(tz_name)
@@ -234,57 +245,95 @@ def parse_readings(content: bytes, tz_name: str) -> ParsedFile:
     if isinstance(structure, str):
         out.error = structure
         if isinstance(doc, dict) and isinstance(doc.get("columns"), list):
-            out.columns = [
-                c for c in doc["columns"] if isinstance(c, str) and not isinstance(c, JsonNumber)
-            ]
+            out.columns = [c for c in doc["columns"] if isinstance(c, str) and not isinstance(c, JsonNumber)]
         return out
     columns, data = structure
     out.columns = columns
-    width = len(columns)
     pos = {name: columns.index(name) for name in REQUIRED_COLUMNS}
     # naive ambiguous (fall-back) times seen so far in this file, per meterpoint
     seen_ambiguous: set[tuple[Any, int]] = set()
     for i, row in enumerate(data):
-        delivered = [as_delivered(v) for v in row]
-        out.row_index.append(i)
-        out.values.append(list(zip(columns, delivered + [None] * (width - len(row)), strict=False)))
-        out.row_json.append(to_json(row))
-        reason: str | None = None
-        meterpoint = utc_us = local_us = kwh = None
-        if len(row) != width:
-            reason = f"wrong_width: row has {len(row)} values, columns has {width}"
-        else:
-            raw_mp, raw_ts, raw_kwh = (
-                row[pos[c]] for c in ("meterpoint_id", "interval_start", "consumption_delta")
+        try:
+            _parse_row(out, i, row, columns, pos, tz_name, seen_ambiguous)
+        except (RecursionError, ValueError, OverflowError, TypeError) as exc:
+            # a value the rules above did not foresee: the row is rejected, never the file
+            _reject_row(
+                out, i, row, columns, f"unreadable_row: a value could not be read ({type(exc).__name__})"
             )
-            meterpoint = parse_meterpoint(raw_mp)
-            if meterpoint is None:
-                reason = f"bad_meterpoint: meterpoint_id must be a non-empty string, got {to_json(raw_mp)}"
-            if raw_ts is None:
-                reason = reason or "bad_interval_start: interval_start is null"
-            elif not isinstance(raw_ts, str):
-                reason = reason or f"bad_interval_start: {as_delivered(raw_ts)!r} is not a timestamp"
-            else:
-                parsed = parse_interval_start(raw_ts, tz_name)
-                if isinstance(parsed, str):
-                    reason = reason or parsed
-                else:
-                    utc_us, local_us = parsed.utc_us, parsed.local_us
-                    if parsed.later_utc_us is not None:
-                        key = (raw_mp, parsed.local_us)
-                        if key in seen_ambiguous:
-                            utc_us = parsed.later_utc_us
-                        seen_ambiguous.add(key)
-            parsed_kwh = parse_consumption(raw_kwh)
-            if isinstance(parsed_kwh, str):
-                reason = reason or parsed_kwh
-            else:
-                kwh = parsed_kwh
-        if reason is not None:
-            meterpoint = utc_us = local_us = kwh = None
-        out.meterpoint_id.append(meterpoint)
-        out.interval_start_us.append(utc_us)
-        out.interval_start_local_us.append(local_us)
-        out.consumption_kwh.append(kwh)
-        out.reason.append(reason)
     return out
+
+
+def _reject_row(out: ParsedFile, i: int, row: list[Any], columns: list[str], reason: str) -> None:
+    """Append row `i` as rejected, with values as delivered where they can be written."""
+    del out.row_index[i:], out.values[i:], out.row_json[i:], out.meterpoint_id[i:]
+    del out.interval_start_us[i:], out.interval_start_local_us[i:], out.consumption_kwh[i:], out.reason[i:]
+    values: list[str | None] = []
+    for v in row:
+        try:
+            values.append(as_delivered(v))
+        except RecursionError:
+            values.append("<nested too deeply>")
+    width = len(columns)
+    out.row_index.append(i)
+    out.values.append(list(zip(columns, values + [None] * (width - len(values)), strict=False)))
+    out.row_json.append("[" + ",".join("null" if v is None else json.dumps(v) for v in values) + "]")
+    out.meterpoint_id.append(None)
+    out.interval_start_us.append(None)
+    out.interval_start_local_us.append(None)
+    out.consumption_kwh.append(None)
+    out.reason.append(reason)
+
+
+def _parse_row(
+    out: ParsedFile,
+    i: int,
+    row: list[Any],
+    columns: list[str],
+    pos: dict[str, int],
+    tz_name: str,
+    seen_ambiguous: set[tuple[Any, int]],
+) -> None:
+    """Append row `i` of a file to `out`, valid or with the reason it is rejected."""
+    width = len(columns)
+    delivered = [as_delivered(v) for v in row]
+    out.row_index.append(i)
+    out.values.append(list(zip(columns, delivered + [None] * (width - len(row)), strict=False)))
+    out.row_json.append("[" + ",".join(to_json(v) for v in row) + "]")
+    reason: str | None = None
+    meterpoint = utc_us = local_us = kwh = None
+    if len(row) != width:
+        reason = f"wrong_width: row has {len(row)} values, columns has {width}"
+    else:
+        raw_mp, raw_ts, raw_kwh = (
+            row[pos[c]] for c in ("meterpoint_id", "interval_start", "consumption_delta")
+        )
+        meterpoint = parse_meterpoint(raw_mp)
+        if meterpoint is None:
+            reason = f"bad_meterpoint: meterpoint_id must be a non-empty string, got {to_json(raw_mp)}"
+        if raw_ts is None:
+            reason = reason or "bad_interval_start: interval_start is null"
+        elif not isinstance(raw_ts, str):
+            reason = reason or f"bad_interval_start: {as_delivered(raw_ts)!r} is not a timestamp"
+        else:
+            parsed = parse_interval_start(raw_ts, tz_name)
+            if isinstance(parsed, str):
+                reason = reason or parsed
+            else:
+                utc_us, local_us = parsed.utc_us, parsed.local_us
+                if parsed.later_utc_us is not None and meterpoint is not None:
+                    key = (meterpoint, parsed.local_us)
+                    if key in seen_ambiguous:
+                        utc_us = parsed.later_utc_us
+                    seen_ambiguous.add(key)
+        parsed_kwh = parse_consumption(raw_kwh)
+        if isinstance(parsed_kwh, str):
+            reason = reason or parsed_kwh
+        else:
+            kwh = parsed_kwh
+    if reason is not None:
+        meterpoint = utc_us = local_us = kwh = None
+    out.meterpoint_id.append(meterpoint)
+    out.interval_start_us.append(utc_us)
+    out.interval_start_local_us.append(local_us)
+    out.consumption_kwh.append(kwh)
+    out.reason.append(reason)

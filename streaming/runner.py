@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
@@ -124,14 +125,27 @@ def start_query(spark: SparkSession, cfg: Config, pipeline: Pipeline, trigger: s
 
 def await_query(query: StreamingQuery, stop: StopSignal, poll_seconds: float = 0.5) -> None:
     """Wait for the query to end, or stop it on a signal; raise if it failed."""
-    while query.isActive:
-        if stop.stopping:
-            query.stop()  # returns once the batch in flight is done
-            break
-        query.awaitTermination(poll_seconds)
+    try:
+        while query.isActive:
+            if stop.stopping:
+                query.stop()  # returns once the batch in flight is done
+                break
+            query.awaitTermination(poll_seconds)
+    except StreamingQueryException as exc:
+        raise PipelineError(f"streaming query failed: {_first_line(exc)}") from exc
     error = query.exception()
     if error is not None:
-        raise PipelineError(f"streaming query failed: {error.desc}")  # type: ignore[attr-defined]
+        raise PipelineError(f"streaming query failed: {_first_line(error)}")
+
+
+def _first_line(error: BaseException) -> str:
+    """The cause of a failed query in one line (the Python error the batch raised, if any)."""
+    text = getattr(error, "desc", None) or str(error)
+    for marker in ("ExpectationFailed: ", "SimulatedCrash: ", "DimensionError: ", "Error: "):
+        if marker in text:
+            line = text.split(marker, 1)[1].splitlines()[0]
+            return f"{marker.rstrip(': ')}: {line}"
+    return text.strip().splitlines()[0] if text.strip() else repr(error)
 
 
 def run_available_now(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop: StopSignal) -> None:
@@ -211,23 +225,33 @@ MODES = {
 
 
 def run(
-    cfg: Config, master: str | None = None, report: bool = False, spark: SparkSession | None = None
+    cfg: Config,
+    master: str | None = None,
+    report: bool = False,
+    spark: SparkSession | None = None,
+    raise_at: str | None = None,
 ) -> Pipeline:
     """Check inputs, take the checkpoint lock, start Spark and run the configured mode.
 
-    `spark` lets a caller (a test, a notebook) reuse a warm session.
+    `spark` lets a caller (a test, a notebook) reuse a warm session; `raise_at`
+    names a crash point where a test wants the batch to fail.
     """
     check_inputs(cfg)
     stop = StopSignal()
     stop.install()
     try:
-        return _run_locked(cfg, master, report, spark, stop)
+        return _run_locked(cfg, master, report, spark, stop, raise_at)
     finally:
         stop.restore()
 
 
 def _run_locked(
-    cfg: Config, master: str | None, report: bool, spark: SparkSession | None, stop: StopSignal
+    cfg: Config,
+    master: str | None,
+    report: bool,
+    spark: SparkSession | None,
+    stop: StopSignal,
+    raise_at: str | None,
 ) -> Pipeline:
     from streaming.dimensions import DimensionError
     from streaming.report import summary_lines
@@ -243,6 +267,7 @@ def _run_locked(
             spark.sparkContext.master,
         )
         pipeline = Pipeline(spark, cfg)
+        pipeline.raise_at = raise_at
         try:
             pipeline.prepare()
             if not stop.stopping:

@@ -44,31 +44,32 @@ import math
 import re
 import sqlite3
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from zoneinfo import ZoneInfo
 
 __all__ = [
-    "FileDelivery",
-    "Reading",
+    "REQUIRED_COLUMNS",
+    "TABLE_KEYS",
     "Agreement",
     "Dimensions",
-    "load_deliveries",
-    "parse_file",
-    "parse_delivery",
-    "expected_staging",
-    "expected_rejections",
-    "load_dimensions",
-    "attribute",
-    "expected_tables",
+    "FileDelivery",
+    "Reading",
     "assert_tables_match",
-    "tables_diff",
+    "attribute",
+    "expected_rejections",
+    "expected_staging",
+    "expected_tables",
+    "load_deliveries",
+    "load_dimensions",
+    "parse_delivery",
+    "parse_file",
     "reconciliation_errors",
-    "TABLE_KEYS",
-    "REQUIRED_COLUMNS",
+    "tables_diff",
 ]
 
 DEFAULT_TZ = "Europe/London"
@@ -170,9 +171,7 @@ class Reading:
     source_name: str = field(default="", compare=False)
 
 
-_NAIVE_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?$"
-)
+_NAIVE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?$")
 _OFFSET_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
     r"(Z|z|[+-]\d{2}(?::?\d{2})?)$"
@@ -186,7 +185,7 @@ class _Invalid(Exception):
 
 
 def _to_utc(local_naive: datetime, tz: ZoneInfo, fold: int) -> datetime:
-    return local_naive.replace(tzinfo=tz, fold=fold).astimezone(timezone.utc)
+    return local_naive.replace(tzinfo=tz, fold=fold).astimezone(UTC)
 
 
 def _local_exists(local_naive: datetime, tz: ZoneInfo) -> bool:
@@ -240,13 +239,12 @@ def _parse_offset(s: str) -> datetime:
             raise _Invalid(ROW_TS_FORMAT)
         offset = sign * timedelta(hours=oh, minutes=om)
     try:
-        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(se),
-                      tzinfo=timezone(offset))
+        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(se), tzinfo=timezone(offset))
     except ValueError:
         raise _Invalid(ROW_TS_FORMAT) from None
     if frac is not None and int(frac) != 0:
         raise _Invalid(ROW_TS_NOT_HALF_HOUR)
-    inst = dt.astimezone(timezone.utc)
+    inst = dt.astimezone(UTC)
     if inst.minute not in (0, 30) or inst.second != 0:
         raise _Invalid(ROW_TS_NOT_HALF_HOUR)
     return inst
@@ -535,9 +533,7 @@ class Agreement:
 
     @property
     def dates_ok(self) -> bool:
-        return self.valid_from is not None and (
-            self.valid_to_raw is None or self.valid_to is not None
-        )
+        return self.valid_from is not None and (self.valid_to_raw is None or self.valid_to is not None)
 
     def covers(self, d: date) -> bool:
         if not self.dates_ok:
@@ -719,30 +715,38 @@ def expected_tables(
         n, total = agg(rows)
         local = rows[0]["interval_start_local"]
         total_hh.append(
-            {"interval_start": inst, "interval_start_local": local,
-             "meterpoint_count": n, "total_kwh": total}
+            {"interval_start": inst, "interval_start_local": local, "meterpoint_count": n, "total_kwh": total}
         )
         gold_hh.append(
-            {"interval_start": inst, "interval_start_local": local,
-             "meterpoint_count": n, "total_kwh": total, "avg_kwh": total / n}
+            {
+                "interval_start": inst,
+                "interval_start_local": local,
+                "meterpoint_count": n,
+                "total_kwh": total,
+                "avg_kwh": total / n,
+            }
         )
 
     per_product_day: list[dict[str, Any]] = []
-    for (name, d) in sorted(by_product_day, key=lambda k: (_none_first(k[0]), k[1])):
+    for name, d in sorted(by_product_day, key=lambda k: (_none_first(k[0]), k[1])):
         n, total = agg(by_product_day[(name, d)])
         per_product_day.append(
-            {"product_display_name": name, "date": d,
-             "meterpoint_count": n, "total_kwh": total}
+            {"product_display_name": name, "date": d, "meterpoint_count": n, "total_kwh": total}
         )
 
     gold_product_hh: list[dict[str, Any]] = []
-    for (name, inst) in sorted(by_product_instant, key=lambda k: (_none_first(k[0]), k[1])):
+    for name, inst in sorted(by_product_instant, key=lambda k: (_none_first(k[0]), k[1])):
         rows = by_product_instant[(name, inst)]
         n, total = agg(rows)
         gold_product_hh.append(
-            {"product_display_name": name, "interval_start": inst,
-             "interval_start_local": rows[0]["interval_start_local"],
-             "meterpoint_count": n, "total_kwh": total, "avg_kwh": total / n}
+            {
+                "product_display_name": name,
+                "interval_start": inst,
+                "interval_start_local": rows[0]["interval_start_local"],
+                "meterpoint_count": n,
+                "total_kwh": total,
+                "avg_kwh": total / n,
+            }
         )
 
     return {
@@ -790,7 +794,7 @@ def _canon(col: str, v: Any) -> Any:
             v = datetime.fromisoformat(v.replace("Z", "+00:00"))
         if isinstance(v, datetime):
             if v.tzinfo is not None:
-                v = v.astimezone(timezone.utc).replace(tzinfo=None)
+                v = v.astimezone(UTC).replace(tzinfo=None)
             return v
         return v
     if col in _LOCAL_TS_COLUMNS:
@@ -966,7 +970,6 @@ def reconciliation_errors(
         b = math.fsum(per_hh.get(d, []))
         if not math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol):
             errors.append(
-                f"{d}: consumption_per_product_per_day total {a!r} != "
-                f"total_consumption_half_hour total {b!r}"
+                f"{d}: consumption_per_product_per_day total {a!r} != total_consumption_half_hour total {b!r}"
             )
     return errors

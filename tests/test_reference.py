@@ -11,14 +11,14 @@ import math
 import os
 import sqlite3
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reference import (  # noqa: E402
+from reference import (
     ACTIVE,
     GOLD_HH,
     GOLD_PRODUCT_HH,
@@ -38,7 +38,7 @@ from reference import (  # noqa: E402
     reconciliation_errors,
 )
 
-UTC = timezone.utc
+UTC = UTC
 COLS = ["interval_start", "consumption_delta", "meterpoint_id"]
 
 
@@ -401,7 +401,9 @@ def test_latest_wins_within_batch_by_mtime_then_name_then_row(tmp_path):
     assert expected_staging([[y, x]])[KEY].kwh == 4.0
     assert expected_staging([[x, y]])[KEY].kwh == 4.0
     # within one file: the later row wins
-    r = delivery(readings_file(tmp_path / "r.json", [[TS, 5, "m"], [TS, 6, "m"], ["2021-01-01T00:00:00Z", 7, "m"]]))
+    r = delivery(
+        readings_file(tmp_path / "r.json", [[TS, 5, "m"], [TS, 6, "m"], ["2021-01-01T00:00:00Z", 7, "m"]])
+    )
     assert expected_staging([[r]])[KEY].kwh == 7.0
 
 
@@ -461,12 +463,20 @@ def test_point_in_time_attribution_on_switch_day(tmp_path):
     r = reading_at(tmp_path, "2021-06-09 23:30:00")
     a = attribute(r, dims)
     assert (a["agreement_id"], a["product_display_name"], a["product_is_variable"], a["account_id"]) == (
-        1, "Fixed", False, "acc1")
+        1,
+        "Fixed",
+        False,
+        "acc1",
+    )
     # before the first agreement: nothing covers, region still known
     r = reading_at(tmp_path, "2020-12-31 23:30:00")
     assert attribute(r, dims) == {
-        "agreement_id": None, "product_id": None, "product_display_name": None,
-        "product_is_variable": None, "region": "North", "account_id": None,
+        "agreement_id": None,
+        "product_id": None,
+        "product_display_name": None,
+        "product_is_variable": None,
+        "region": "North",
+        "account_id": None,
     }
 
 
@@ -513,8 +523,12 @@ def test_missing_product_keeps_agreement(tmp_path):
     )
     a = attribute(reading_at(tmp_path, "2021-03-01 00:00:00"), load_dimensions(db))
     assert a == {
-        "agreement_id": 9, "product_id": 99, "product_display_name": None,
-        "product_is_variable": None, "region": "East", "account_id": "acc",
+        "agreement_id": 9,
+        "product_id": 99,
+        "product_display_name": None,
+        "product_is_variable": None,
+        "region": "East",
+        "account_id": "acc",
     }
 
 
@@ -571,11 +585,23 @@ def test_active_agreements(tmp_path):
     )
     t = expected_tables({}, db)
     assert t[ACTIVE] == [
-        {"agreement_id": 1, "meterpoint_id": "m1", "product_display_name": "Fixed", "product_is_variable": False},
-        {"agreement_id": 4, "meterpoint_id": "m4", "product_display_name": "Agile", "product_is_variable": True},
+        {
+            "agreement_id": 1,
+            "meterpoint_id": "m1",
+            "product_display_name": "Fixed",
+            "product_is_variable": False,
+        },
+        {
+            "agreement_id": 4,
+            "meterpoint_id": "m4",
+            "product_display_name": "Agile",
+            "product_is_variable": True,
+        },
         {"agreement_id": 5, "meterpoint_id": "m5", "product_display_name": None, "product_is_variable": None},
     ]
-    assert [r["agreement_id"] for r in expected_tables({}, db, as_of=date(2021, 1, 1) + timedelta(days=1))[ACTIVE]] == [1, 3]
+    assert [
+        r["agreement_id"] for r in expected_tables({}, db, as_of=date(2021, 1, 1) + timedelta(days=1))[ACTIVE]
+    ] == [1, 3]
 
 
 def build_small_world(tmp_path):
@@ -611,12 +637,24 @@ def test_presentation_tables(tmp_path):
     assert r["interval_start_local"] == datetime(2021, 1, 2) and r["reading_date"] == date(2021, 1, 2)
 
     assert t[TOTAL_HH] == [
-        {"interval_start": utc(2021, 1, 1, 0, 0), "interval_start_local": datetime(2021, 1, 1, 0, 0),
-         "meterpoint_count": 3, "total_kwh": 7.0},
-        {"interval_start": utc(2021, 1, 1, 0, 30), "interval_start_local": datetime(2021, 1, 1, 0, 30),
-         "meterpoint_count": 1, "total_kwh": 0.5},
-        {"interval_start": utc(2021, 1, 2, 0, 0), "interval_start_local": datetime(2021, 1, 2, 0, 0),
-         "meterpoint_count": 2, "total_kwh": 4.5},
+        {
+            "interval_start": utc(2021, 1, 1, 0, 0),
+            "interval_start_local": datetime(2021, 1, 1, 0, 0),
+            "meterpoint_count": 3,
+            "total_kwh": 7.0,
+        },
+        {
+            "interval_start": utc(2021, 1, 1, 0, 30),
+            "interval_start_local": datetime(2021, 1, 1, 0, 30),
+            "meterpoint_count": 1,
+            "total_kwh": 0.5,
+        },
+        {
+            "interval_start": utc(2021, 1, 2, 0, 0),
+            "interval_start_local": datetime(2021, 1, 2, 0, 0),
+            "meterpoint_count": 2,
+            "total_kwh": 4.5,
+        },
     ]
     assert t[PER_PRODUCT_DAY] == [
         {"product_display_name": None, "date": date(2021, 1, 2), "meterpoint_count": 2, "total_kwh": 4.5},
@@ -628,8 +666,10 @@ def test_presentation_tables(tmp_path):
     assert gold[utc(2021, 1, 2, 0, 0)]["avg_kwh"] == pytest.approx(2.25)
     gp = {(r["product_display_name"], r["interval_start"]): r for r in t[GOLD_PRODUCT_HH]}
     assert set(gp) == {
-        ("Agile", utc(2021, 1, 1, 0, 0)), ("Fixed", utc(2021, 1, 1, 0, 0)),
-        ("Agile", utc(2021, 1, 1, 0, 30)), (None, utc(2021, 1, 2, 0, 0)),
+        ("Agile", utc(2021, 1, 1, 0, 0)),
+        ("Fixed", utc(2021, 1, 1, 0, 0)),
+        ("Agile", utc(2021, 1, 1, 0, 30)),
+        (None, utc(2021, 1, 2, 0, 0)),
     }
     agile = gp[("Agile", utc(2021, 1, 1, 0, 0))]
     assert (agile["meterpoint_count"], agile["total_kwh"], agile["avg_kwh"]) == (2, 3.0, 1.5)
@@ -642,7 +682,9 @@ def test_reconciliation_on_bst_dates(tmp_path):
     f = readings_file(tmp_path / "b.json", rows)
     t = expected_tables(expected_staging([[delivery(f)]]), make_db(tmp_path / "d.db"))
     assert {r["date"]: r["total_kwh"] for r in t[PER_PRODUCT_DAY]} == {
-        date(2021, 6, 1): 2.0, date(2021, 6, 2): 1.0}
+        date(2021, 6, 1): 2.0,
+        date(2021, 6, 2): 1.0,
+    }
     assert reconciliation_errors(t) == []
     broken = dict(t)
     broken[PER_PRODUCT_DAY] = [dict(r, total_kwh=r["total_kwh"] + 1) for r in t[PER_PRODUCT_DAY]]
@@ -683,9 +725,12 @@ def test_assert_tables_match_reports_differences(tmp_path):
     actual[TOTAL_HH] = actual[TOTAL_HH][1:]  # drop one row
     actual[GOLD_HH][0] = dict(actual[GOLD_HH][0], total_kwh=99.0)
     actual[PER_PRODUCT_DAY].append(
-        {"product_display_name": "Ghost", "date": date(2021, 1, 1), "meterpoint_count": 1, "total_kwh": 1.0})
+        {"product_display_name": "Ghost", "date": date(2021, 1, 1), "meterpoint_count": 1, "total_kwh": 1.0}
+    )
     actual[ACTIVE] = []
-    actual[STAGING][0] = dict(actual[STAGING][0], product_is_variable=1 if actual[STAGING][0]["product_is_variable"] else 0)
+    actual[STAGING][0] = dict(
+        actual[STAGING][0], product_is_variable=1 if actual[STAGING][0]["product_is_variable"] else 0
+    )
     del actual[GOLD_PRODUCT_HH]
     with pytest.raises(AssertionError) as e:
         assert_tables_match(actual, t, TABLE_KEYS)

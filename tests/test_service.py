@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from reference import (
 from service import ROOT, Service, batches_from_checkpoint, place_file, write_config
 
 from streaming import runner
-from streaming.batch import CRASH_ENV
+from streaming.batch import CRASH_ENV, CRASH_POINTS
 from streaming.generator import SampleSpec, meterpoint_ids, write_delivery, write_dimensions, write_sample
 
 SPEC = SampleSpec(meterpoints=8, days=2, seed=11)
@@ -118,14 +119,14 @@ def test_processing_time_service_reattributes_readings_after_a_dimension_refresh
 
 
 @pytest.mark.service
-@pytest.mark.parametrize("point", ["after_raw", "after_staging", "mid_presentation"])
-def test_kill_9_inside_a_batch_then_restart_gives_the_uninterrupted_result(
-    spark: SparkSession, tmp_path: Path, point: str
+def test_kill_9_of_the_process_tree_mid_presentation_then_restart_gives_the_uninterrupted_result(
+    spark: SparkSession, tmp_path: Path
 ) -> None:
+    point = "mid_presentation"
     write_sample(tmp_path / "data", SPEC)
     config = write_config(tmp_path)
     crashed = Service(config, env={CRASH_ENV: point})
-    code = crashed.proc.wait(timeout=300)
+    code = crashed.proc.wait(timeout=600)
     crashed.kill_tree()
     assert code == -9, crashed.tail()
     assert crashed.count(f"crash hook: killing the process at {point}") == 1
@@ -137,9 +138,29 @@ def test_kill_9_inside_a_batch_then_restart_gives_the_uninterrupted_result(
     pipeline = runner.run(cfg, spark=spark)
     assert [b["batch_id"] for b in pipeline.batches] == [0]  # the crashed batch, replayed
     assert_matches_reference(spark, tmp_path)
-    raw_rows = spark.read.format("delta").load(str(tmp_path / "lake" / "raw" / "readings")).count()
-    delivered = sum(
-        len(__import__("json").loads(p.read_text())["data"])
-        for p in (tmp_path / "data" / "readings").glob("*.json")
+    assert raw_rows(spark, tmp_path) == delivered_rows(tmp_path)  # the raw append was not repeated
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_batch_failing_at_each_crash_point_is_replayed_exactly_on_restart(
+    spark: SparkSession, tmp_path: Path, point: str
+) -> None:
+    """The same recovery in-process (a batch that dies at the point), on the warm session."""
+    write_sample(tmp_path / "data", SPEC)
+    cfg = make_config(
+        tmp_path, readings=tmp_path / "data" / "readings", db=tmp_path / "data" / "case_study.db"
     )
-    assert raw_rows == delivered  # the raw append was not repeated
+    with pytest.raises(runner.PipelineError, match=f"simulated crash at {point}"):
+        runner.run(cfg, spark=spark, raise_at=point)
+    pipeline = runner.run(cfg, spark=spark)
+    assert [b["batch_id"] for b in pipeline.batches] == [0]
+    assert_matches_reference(spark, tmp_path)
+    assert raw_rows(spark, tmp_path) == delivered_rows(tmp_path)
+
+
+def raw_rows(spark: SparkSession, tmp: Path) -> int:
+    return spark.read.format("delta").load(str(tmp / "lake" / "raw" / "readings")).count()
+
+
+def delivered_rows(tmp: Path) -> int:
+    return sum(len(json.loads(p.read_text())["data"]) for p in (tmp / "data" / "readings").glob("*.json"))
