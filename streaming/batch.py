@@ -149,8 +149,13 @@ class Pipeline:
             re_attributed.unpersist()
 
     def _write_active_agreements(self, dims: dimensions.Conformed) -> None:
+        """Rewrite the table when the dimensions or the as-of date changed since it was written."""
+        location = self.lake(sinks.ACTIVE_AGREEMENTS)
+        stamp = {"source_fingerprint": dims.fingerprint, "as_of": self.cfg.as_of.isoformat()}
+        if dimensions.landed_metadata(self.spark, location) == stamp:
+            return
         fresh = transforms.active_agreements(dims.agreements_df, self.cfg.as_of)
-        sinks.replace_if_changed(self.spark, self.lake(sinks.ACTIVE_AGREEMENTS), fresh)
+        sinks.overwrite(fresh, location, user_metadata=json.dumps(stamp))
 
     def maintain(self, retain_hours: float = 168.0) -> None:
         """OPTIMIZE + VACUUM every table, between batches (never beside a MERGE)."""

@@ -222,12 +222,12 @@ def land_raw(spark: SparkSession, lake_table: Any, dims: Dimensions) -> None:
         list(pool.map(land, TABLES))
 
 
-def landed_fingerprint(spark: SparkSession, location: str) -> str | None:
-    """The fingerprint recorded with the newest version of a raw dimension table."""
+def landed_metadata(spark: SparkSession, location: str) -> dict[str, Any]:
+    """The userMetadata (JSON) of the newest commit of a table that carries one."""
     from delta.tables import DeltaTable
 
     if not DeltaTable.isDeltaTable(spark, location):
-        return None
+        return {}
     # the newest commit that carries one (OPTIMIZE or VACUUM commits do not)
     rows = (
         DeltaTable.forPath(spark, location)
@@ -239,11 +239,18 @@ def landed_fingerprint(spark: SparkSession, location: str) -> str | None:
         .collect()
     )
     if not rows:
-        return None
+        return {}
     try:
-        return str(json.loads(rows[0][0]).get("source_fingerprint"))
-    except (ValueError, AttributeError):
-        return None
+        meta = json.loads(rows[0][0])
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def landed_fingerprint(spark: SparkSession, location: str) -> str | None:
+    """The source fingerprint recorded with the newest landing of a raw dimension table."""
+    value = landed_metadata(spark, location).get("source_fingerprint")
+    return str(value) if value else None
 
 
 # ---------------------------------------------------------------- conformed

@@ -71,7 +71,7 @@ def ensure_tables(spark: SparkSession, location: LakePaths) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def create(name: str) -> None:
-        if DeltaTable.isDeltaTable(spark, location(name)):
+        if _has_delta_log(location(name)) or DeltaTable.isDeltaTable(spark, location(name)):
             return
         schema, partitions = TABLES[name]
         builder = DeltaTable.createIfNotExists(spark).location(location(name)).addColumns(schema)
@@ -81,6 +81,17 @@ def ensure_tables(spark: SparkSession, location: LakePaths) -> None:
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(create, TABLES))
+
+
+def _has_delta_log(path: str) -> bool:
+    """A local table's log holds a commit (a directory listing, where loading a
+    Delta snapshot takes a Spark job)."""
+    import os
+
+    if "://" in path and not path.startswith("file:"):
+        return False
+    log = os.path.join(path.removeprefix("file:"), "_delta_log")
+    return os.path.isdir(log) and any(name.endswith(".json") for name in os.listdir(log))
 
 
 class LakePaths:
@@ -212,11 +223,6 @@ def merge_recomputed(
     )
 
 
-def replace_if_changed(spark: SparkSession, path: str, fresh_df: DataFrame) -> bool:
-    """Overwrite a small table only when its content differs; True if it was written."""
-    current = spark.read.format("delta").load(path)
-    fresh_df = fresh_df.select(*current.columns)
-    if current.exceptAll(fresh_df).isEmpty() and fresh_df.exceptAll(current).isEmpty():
-        return False
-    fresh_df.write.format("delta").mode("overwrite").save(path)
-    return True
+def overwrite(df: DataFrame, path: str, user_metadata: str) -> None:
+    """Replace a small table in one commit, annotated with `user_metadata`."""
+    df.write.format("delta").mode("overwrite").option("userMetadata", user_metadata).save(path)

@@ -141,11 +141,12 @@ def test_kill_9_of_the_process_tree_mid_presentation_then_restart_gives_the_unin
     assert raw_rows(spark, tmp_path) == delivered_rows(tmp_path)  # the raw append was not repeated
 
 
-@pytest.mark.parametrize("point", CRASH_POINTS)
+@pytest.mark.parametrize("point", [p for p in CRASH_POINTS if p != "mid_presentation"])
 def test_batch_failing_at_each_crash_point_is_replayed_exactly_on_restart(
     spark: SparkSession, tmp_path: Path, point: str
 ) -> None:
-    """The same recovery in-process (a batch that dies at the point), on the warm session."""
+    """The same recovery in-process (a batch that dies at the point), on the warm session;
+    the kill -9 test above covers the third point with a real process."""
     write_sample(tmp_path / "data", SPEC)
     cfg = make_config(
         tmp_path, readings=tmp_path / "data" / "readings", db=tmp_path / "data" / "case_study.db"
