@@ -507,8 +507,9 @@ def test_rows_that_crash_the_parser_are_quarantined_and_the_run_goes_on(
         # an offset timestamp whose instant is past year 9999: OverflowError
         "offset_past_year_9999.json": (["9999-12-31 23:30:00-05:00", 0.1, MP_A], "bad_interval_start"),
     }
-    for name, (row, _code) in crashers.items():
-        write_readings_file(readings / name, [["2021-01-02 00:00:00", 0.3, MP_A], row])
+    for hour, (name, (row, _code)) in enumerate(crashers.items()):
+        # a good row of its own in each file (one reading per key: no file supersedes another)
+        write_readings_file(readings / name, [[f"2021-01-02 0{hour}:00:00", 0.3, MP_A], row])
     # a value nested 500 deep: json.loads accepts it, turning it back into text recursed too deep
     nested = "[" * 500 + "]" * 500
     (readings / "deeply_nested_value.json").write_text(
