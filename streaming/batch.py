@@ -215,13 +215,17 @@ class Pipeline:
             )
         finally:
             parsed.unpersist()
-        counts.update(batch_id=batch_id, duration_s=round(time.monotonic() - started, 2))
+        line: dict[str, Any] = {
+            **counts,
+            "batch_id": batch_id,
+            "duration_s": round(time.monotonic() - started, 2),
+        }
         if reasons:
-            counts["quarantined_by_reason"] = reasons
+            line["quarantined_by_reason"] = reasons
         if warnings:
-            counts["warnings"] = warnings
-        self.batches.append(counts)
-        log.info("batch %s", json.dumps(counts, default=str))
+            line["warnings"] = warnings
+        self.batches.append(line)
+        log.info("batch %s", json.dumps(line, default=str))
 
     def _stage(self, parsed: DataFrame, dates: list[date], ingested_at: datetime) -> dict[str, int]:
         """Latest wins within the batch, point-in-time join, staging MERGE, presentation."""

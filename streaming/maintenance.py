@@ -36,14 +36,19 @@ def maintain(spark: SparkSession, lake: sinks.LakePaths, retain_hours: float) ->
         if not DeltaTable.isDeltaTable(spark, location):
             continue
         table = DeltaTable.forPath(spark, location)
-        before = int(table.detail().first()["numFiles"])
+        before = _num_files(table)
         started = time.monotonic()
         table.optimize().executeCompaction()
         table.vacuum(retain_hours)
-        after = int(DeltaTable.forPath(spark, location).detail().first()["numFiles"])
+        after = _num_files(DeltaTable.forPath(spark, location))
         result[name] = {"files_before": before, "files_after": after}
         log.info("%s: %d -> %d files in %.1f s", name, before, after, time.monotonic() - started)
     return result
+
+
+def _num_files(table: DeltaTable) -> int:
+    detail = table.detail().first()
+    return int(detail["numFiles"]) if detail is not None else 0
 
 
 def main(argv: list[str]) -> int:

@@ -130,7 +130,8 @@ def await_query(query: StreamingQuery, stop: StopSignal, poll_seconds: float = 0
             if stop.stopping:
                 query.stop()  # returns once the batch in flight is done
                 break
-            query.awaitTermination(poll_seconds)
+            # pyspark takes seconds and converts with int(timeout * 1000)
+            query.awaitTermination(poll_seconds)  # type: ignore[arg-type]
     except StreamingQueryException as exc:
         raise PipelineError(f"streaming query failed: {_first_line(exc)}") from exc
     error = query.exception()

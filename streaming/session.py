@@ -45,7 +45,7 @@ def build_session(cfg: Config, master: str | None = None) -> SparkSession:
         spark = configure_spark_with_delta_pip(builder).getOrCreate()
         remember_delta_jars(spark.sparkContext.getConf().get("spark.jars", ""))
     spark.sparkContext.setLogLevel("WARN")
-    if not spark.sparkContext.master.startswith("local"):
+    if not (spark.sparkContext.master or "local").startswith("local"):
         # executors on other hosts get the package shipped with the job
         spark.sparkContext.addPyFile(package_zip())
     quiet_py4j()
