@@ -40,7 +40,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -292,6 +292,7 @@ class TreeMemory:
         self.last = 0
         self.samples = 0
         self.cpu_ticks: dict[int, int] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
 
@@ -309,6 +310,10 @@ class TreeMemory:
             self._stop.wait(self.interval)
 
     def sample(self) -> None:
+        with self._lock:  # the sampler thread and the caller may both sample
+            self._sample()
+
+    def _sample(self) -> None:
         table = _proc_table()
         parts = {"python_driver": 0, "jvm": 0, "python_workers": 0, "other": 0}
         exe: dict[int, str] = {}
@@ -438,15 +443,41 @@ class LoggedProcess:
         return self.proc.returncode
 
 
-def parse_log(lines: list[str]) -> dict[str, Any]:
-    """Batches, Spark start-up and version from a run_stream.py log."""
+def _log_time(line: str) -> float | None:
+    """The epoch time of a `%(asctime)s` log line (local time, ms), or None."""
+    try:
+        return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    except ValueError:
+        return None
+
+
+def parse_log(lines: list[str], started: float | None = None, ended: float | None = None) -> dict[str, Any]:
+    """Batches, Spark start-up and version from a run_stream.py log; with the process's
+    start and end (epoch), where the wall time went."""
     batches = [json.loads(m.group(1)) for line in lines if (m := BATCH_LINE.search(line))]
     startup = next((m for line in lines if (m := STARTUP_LINE.search(line))), None)
-    return {
+    parsed: dict[str, Any] = {
         "batches": batches,
         "spark_version": startup.group(1) if startup else None,
         "spark_startup_s": float(startup.group(2)) if startup else None,
     }
+    up_at = next((_log_time(line) for line in lines if STARTUP_LINE.search(line)), None)
+    batch_times = [(_log_time(line), line) for line in lines if BATCH_LINE.search(line)]
+    if started is not None and ended is not None and up_at is not None and batch_times:
+        first_end, first_line = batch_times[0]
+        last_end = batch_times[-1][0]
+        first = json.loads(BATCH_LINE.search(first_line).group(1))  # type: ignore[union-attr]
+        if first_end is not None and last_end is not None:
+            first_start = first_end - first.get("duration_s", 0.0)
+            batch_s = sum(b.get("duration_s", 0.0) for b in batches)
+            parsed["phases_s"] = {
+                "process_start_to_spark_up": round(up_at - started, 1),
+                "tables_dimensions_listing_to_first_batch": round(first_start - up_at, 1),
+                "batches": round(batch_s, 1),
+                "between_batches": round(last_end - first_start - batch_s, 1),
+                "after_last_batch_to_exit": round(ended - last_end, 1),
+            }
+    return parsed
 
 
 # --------------------------------------------------------------------------
@@ -469,6 +500,7 @@ def bench_backfill(work: Path, meterpoints: int, days: int) -> dict[str, Any]:
     load_before = load_average()
     say(f"backfill: cold run_stream.py (available-now), load average {load_before}")
     t0 = time.monotonic()
+    epoch0 = time.time()
     with open(log_file, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, str(PROJECT_ROOT / "run_stream.py"), "--config", str(config)],
@@ -498,7 +530,7 @@ def bench_backfill(work: Path, meterpoints: int, days: int) -> dict[str, Any]:
     lines = log_file.read_text().splitlines()
     if proc.returncode != 0:
         raise RuntimeError(f"run_stream.py exited {proc.returncode}:\n" + "\n".join(lines[-25:]))
-    parsed = parse_log(lines)
+    parsed = parse_log(lines, epoch0, epoch0 + wall)
     batches = parsed["batches"]
     rows = sum(b.get("rows", 0) for b in batches)
     batch_s = sum(b.get("duration_s", 0.0) for b in batches)
@@ -514,6 +546,7 @@ def bench_backfill(work: Path, meterpoints: int, days: int) -> dict[str, Any]:
         "batch_s": round(batch_s, 2),
         "readings_per_s_batch": round(readings / batch_s) if batch_s else None,
         "spark_startup_s": parsed["spark_startup_s"],
+        "phases_s": parsed.get("phases_s"),
         "spark_version": parsed["spark_version"],
         "batches": batches,
         "cpu_s": round(cpu, 1),
@@ -771,6 +804,8 @@ def bench_latency(work: Path, meterpoints: int, n_files: int, debounce: float) -
         for source in sources:
             time.sleep(1.0)  # the previous run has fully finished
             mark = service.count()
+            memory.sample()
+            cpu_before = memory.cpu_seconds
             renamed = place_file(source, readings)
             i = service.wait_for(BATCH_LINE, after=max(after, mark), timeout=300)
             seen, line = service.lines[i]
@@ -778,6 +813,8 @@ def bench_latency(work: Path, meterpoints: int, n_files: int, debounce: float) -
             j = service.wait_for(RUN_FINISHED_LINE, after=i, timeout=300)
             run_s = float(RUN_FINISHED_LINE.search(service.lines[j][1]).group(1))  # type: ignore[union-attr]
             latency = seen - renamed
+            memory.sample()
+            cpu = memory.cpu_seconds - cpu_before
             files.append(
                 {
                     "file": source.name,
@@ -785,11 +822,12 @@ def bench_latency(work: Path, meterpoints: int, n_files: int, debounce: float) -
                     "batch_s": counts.get("duration_s"),
                     "batch_files": counts.get("files"),
                     "watch_run_s": run_s,
+                    "cpu_s": round(cpu, 1),
                 }
             )
             say(
                 f"latency: {source.name}: {latency:.2f} s from rename to batch log line "
-                f"(batch {counts.get('duration_s')} s)"
+                f"(batch {counts.get('duration_s')} s, {cpu:.1f} CPU s)"
             )
             after = j + 1
     finally:
@@ -846,6 +884,16 @@ def _memory_entry(label: str, backfill: dict[str, Any]) -> dict[str, Any]:
 def figures(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(figure, value, target, met?) rows."""
     rows: list[tuple[str, str, str, str]] = []
+    start, end = results.get("load_average_start"), results.get("load_average_end")
+    if start and end:
+        rows.append(
+            (
+                "load average (1 min) at start / end",
+                f"{start[0]} / {end[0]} on {results.get('cores')} cores (other work on the machine)",
+                "",
+                "",
+            )
+        )
     b = results.get("backfill")
     if b and "wall_s" in b:
         size = f"{b['meterpoints']:,} mp x {b['days']} d = {b['files']:,} files, {b['readings']:,} readings"
@@ -861,6 +909,18 @@ def figures(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             )
         )
         rows.append(("Spark session start-up", f"{b['spark_startup_s']} s", "", ""))
+        phases = b.get("phases_s")
+        if phases:
+            rows.append(
+                (
+                    "backfill wall time split",
+                    f"to Spark up {phases['process_start_to_spark_up']} s, tables+dims+listing "
+                    f"{phases['tables_dimensions_listing_to_first_batch']} s, batch {phases['batches']} s, "
+                    f"exit {phases['after_last_batch_to_exit']} s",
+                    "",
+                    "",
+                )
+            )
         rows.append(
             (
                 "backfill batch duration (log)",
@@ -1227,7 +1287,8 @@ def main(argv: list[str] | None = None) -> int:
     results["figures"] = [dict(zip(("figure", "value", "target", "met"), row, strict=True)) for row in table]
     text = json.dumps(results, indent=2, default=str)
     (out / "results.json").write_text(text)
-    (out / f"results_{label}.json").write_text(text)
+    archive = label if args.only == list(SCENARIOS) else f"{label}_{'+'.join(args.only)}"
+    (out / f"results_{archive}.json").write_text(text)
     try:
         chart(results, out / "benchmarks.png")
     except Exception as exc:

@@ -27,11 +27,15 @@ from streaming.config import ConfigError, load_config
 log = logging.getLogger(__name__)
 
 
-def maintain(spark: SparkSession, lake: sinks.LakePaths, retain_hours: float) -> dict[str, dict[str, int]]:
-    """OPTIMIZE then VACUUM every lake table; returns files before/after per table."""
+def maintain(
+    spark: SparkSession,
+    lake: sinks.LakePaths,
+    retain_hours: float,
+    names: list[str] | None = None,
+) -> dict[str, dict[str, int]]:
+    """OPTIMIZE then VACUUM the lake's tables (all by default); files before/after per table."""
     result = {}
-    names = [*sinks.TABLES, *(f"raw/{t}" for t in dimensions.TABLES)]
-    for name in names:
+    for name in names or [*sinks.TABLES, *(f"raw/{t}" for t in dimensions.TABLES)]:
         location = lake(name)
         if not DeltaTable.isDeltaTable(spark, location):
             continue
