@@ -136,15 +136,8 @@ def any_differs(left: str, right: str, columns: Iterable[str]) -> Column:
 
 
 STAGING_KEYS = ("reading_date", "meterpoint_id", "interval_start")
-STAGING_COMPARED = (
-    "consumption_kwh",
-    "agreement_id",
-    "product_id",
-    "product_display_name",
-    "product_is_variable",
-    "region",
-    "account_id",
-)
+# a staging row changes when its value or its attribution does
+STAGING_COMPARED = ("consumption_kwh", *schemas.ATTRIBUTION.fieldNames())
 
 
 def merge_staging(
