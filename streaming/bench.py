@@ -44,7 +44,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from streaming.config import PROJECT_ROOT
+from streaming.config import PROJECT_ROOT, dump_toml
 from streaming.generator import (
     DB_NAME,
     READINGS_DIR,
@@ -150,18 +150,6 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f'"{key}"'
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def write_config(root: Path, pipeline: dict[str, Any] | None = None) -> Path:
     """conf/pipeline.toml (its Spark settings kept) with every path under `root`."""
     conf = tomllib.loads((PROJECT_ROOT / "conf" / "pipeline.toml").read_text())
@@ -172,13 +160,9 @@ def write_config(root: Path, pipeline: dict[str, Any] | None = None) -> Path:
         "checkpoints": str(root / "checkpoints"),
     }
     conf.setdefault("pipeline", {}).update(pipeline or {})
-    lines = []
-    for section, values in conf.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items())
     path = root / "conf" / "pipeline.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(dump_toml(conf))
     return path
 
 

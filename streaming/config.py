@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -135,3 +136,23 @@ def validate(cfg: Config) -> None:
     from streaming.expectations import load_expectations
 
     load_expectations(cfg.expectations)  # raises ConfigError naming a bad rule
+
+
+def dump_toml(conf: dict[str, dict[str, Any]]) -> str:
+    """A config as TOML text (tables of scalar values), the inverse of `tomllib.loads`."""
+
+    def key(name: str) -> str:
+        return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = []
+    for section, values in conf.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key(k)} = {value(v)}" for k, v in values.items())
+    return "\n".join(lines) + "\n"

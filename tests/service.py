@@ -13,6 +13,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from streaming.config import dump_toml
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,27 +29,10 @@ def write_config(tmp: Path, pipeline: dict[str, Any] | None = None) -> Path:
     }
     conf["pipeline"].update(pipeline or {})
     conf["spark"].update({"spark.master": "local[2]", "spark.sql.shuffle.partitions": "2"})
-    lines = []
-    for section, values in conf.items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
     path = tmp / "conf" / "pipeline.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(dump_toml(conf))
     return path
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f'"{key}"'
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class Service:

@@ -35,8 +35,9 @@ from reference import (
     load_deliveries,
     reconciliation_errors,
 )
-from service import _toml_key, _toml_value, write_config
+from service import write_config
 
+from streaming.config import dump_toml
 from streaming.generator import SampleSpec, write_sample
 
 SPEC = SampleSpec(meterpoints=6, days=2)
@@ -202,11 +203,7 @@ def cluster_config(tmp: Path) -> Path:
     path = write_config(tmp)
     conf = tomllib.loads(path.read_text())
     conf["spark"] = {**conf["spark"], **CLUSTER_SPARK}
-    lines = []
-    for section, values in conf.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items())
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(dump_toml(conf))
     return path
 
 
