@@ -91,14 +91,17 @@ class Pipeline:
             landed = dimensions.landed_fingerprint(self.spark, self.lake("raw/agreement"))
             if landed != source.fingerprint:
                 previous = self._landed_dimensions()
-                self._reattribute(fresh, previous)
+                try:
+                    self._reattribute(fresh, previous)
+                finally:
+                    if previous is not None:
+                        previous.unpersist()
                 dimensions.land_raw(self.spark, self.lake, source)
                 log.info("dimensions landed (fingerprint %s…)", source.fingerprint[:12])
             self._write_active_agreements(fresh)
             old, self.dims = self.dims, fresh
             if old is not None:
-                for df in (old.segments_df, old.meterpoints_df, old.agreements_df):
-                    df.unpersist()
+                old.unpersist()
             return True
 
     def _landed_dimensions(self) -> dimensions.Conformed | None:

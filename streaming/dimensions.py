@@ -16,7 +16,7 @@ import os
 import sqlite3
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,6 @@ class Dimensions:
 
     tables: dict[str, SourceTable]
     fingerprint: str
-    problems: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -426,6 +425,11 @@ class Conformed:
     agreements_df: DataFrame
     fingerprint: str
     problems: dict[str, int]
+
+    def unpersist(self) -> None:
+        """Release the cached DataFrames (they are cached for reuse every batch)."""
+        for df in (self.segments_df, self.meterpoints_df, self.agreements_df):
+            df.unpersist()
 
 
 AGREEMENTS = StructType(

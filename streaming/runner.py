@@ -158,12 +158,12 @@ def run_available_now(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop
 def run_processing_time(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop: StopSignal) -> None:
     """A long-running stream; a timer also picks up dimension changes between batches."""
     query = start_query(spark, cfg, pipeline, "processing-time")
-    with _dimension_watch(pipeline, stop, query):
+    with _dimension_watch(pipeline, stop):
         await_query(query, stop)
 
 
 @contextmanager
-def _dimension_watch(pipeline: Pipeline, stop: StopSignal, query: StreamingQuery | None) -> Iterator[None]:
+def _dimension_watch(pipeline: Pipeline, stop: StopSignal) -> Iterator[None]:
     """Check the SQLite file every `dims_check_seconds` even when no files arrive.
 
     A stat per check is cheap; a change is reloaded under the pipeline's lock, so
@@ -203,7 +203,7 @@ def run_watch(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop: StopSi
     from streaming.watch import FileArrivals
 
     arrivals = FileArrivals(cfg.readings)
-    with arrivals, _dimension_watch(pipeline, stop, None):
+    with arrivals, _dimension_watch(pipeline, stop):
         log.info("watching %s for new files", cfg.readings)
         # files that arrived while the service was down
         run_available_now(spark, cfg, pipeline, stop)
