@@ -13,8 +13,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
@@ -63,14 +64,28 @@ class Pipeline:
         self.failure = False  # set by a background refresh that failed
         self.raise_at: str | None = None  # test hook: a crash point to raise at
         self.rules = expectations.load_expectations(cfg.expectations)
+        self.phases: dict[str, float] = {}  # seconds per phase of the batch (or start-up) in hand
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Adds the wall time of the block to `self.phases[phase]` (the batch log shows them)."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[phase] = round(self.phases.get(phase, 0.0) + time.monotonic() - started, 2)
 
     # ------------------------------------------------------------ dimensions
 
     def prepare(self) -> None:
         """Create the tables and bring the dimensions (and what depends on them) up to date."""
         with self.lock:
-            sinks.ensure_tables(self.spark, self.lake)
-            self.refresh_dimensions(force=True)
+            self.phases = {}
+            with self.timed("tables"):
+                sinks.ensure_tables(self.spark, self.lake)
+            with self.timed("dimensions"):
+                self.refresh_dimensions(force=True)
+            log.info("prepared in %s s", json.dumps(self.phases))
 
     def refresh_dimensions(self, force: bool = False) -> bool:
         """Reload the SQLite dimensions if the file changed; True if anything was reloaded.
@@ -189,8 +204,10 @@ class Pipeline:
 
     def _process(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
+        self.phases = {}
         spark = batch_df.sparkSession
-        self.refresh_dimensions()
+        with self.timed("dimensions"):
+            self.refresh_dimensions()
         assert self.dims is not None
         app_id = self.query_app_id()
         ingested_at = datetime.now(UTC).replace(tzinfo=None)
@@ -198,15 +215,18 @@ class Pipeline:
             batch_df, self.rules, self.dims.meterpoints_df, ingested_at
         ).persist()
         try:
-            counts, reasons, warnings, shape = _batch_counts(parsed)
+            with self.timed("parse"):
+                counts, reasons, warnings, shape = _batch_counts(parsed)
             if reasons:
                 expectations.check_failures(reasons, self.rules, batch_id, _first_failure(parsed, self.rules))
-            unread = self._unread_files(spark, parsed, batch_id, counts["files"])
+            with self.timed("unread"):
+                unread = self._unread_files(spark, parsed, batch_id, counts["files"])
             counts["files_unread"] = len(unread)
             writes = [partial(self._write_raw, parsed, sorted(shape.columns), app_id, batch_id, ingested_at)]
             if counts["files_quarantined"] or counts["rows_quarantined"] or unread:
                 writes.append(partial(self._write_quarantine, parsed, unread, app_id, batch_id, ingested_at))
-            in_parallel(writes)
+            with self.timed("raw"):
+                in_parallel(writes)
             crash_point("after_raw", self.raise_at)
             counts.update(self._stage(parsed, sorted(shape.dates), ingested_at))
             # repeated deliveries, and rows another row of the batch superseded
@@ -222,6 +242,7 @@ class Pipeline:
             **counts,
             "batch_id": batch_id,
             "duration_s": round(time.monotonic() - started, 2),
+            "phases_s": self.phases,
         }
         if reasons:
             line["quarantined_by_reason"] = reasons
@@ -233,17 +254,22 @@ class Pipeline:
     def _stage(self, parsed: DataFrame, dates: list[date], ingested_at: datetime) -> dict[str, int]:
         """Latest wins within the batch, point-in-time join, staging MERGE, presentation."""
         assert self.dims is not None
-        merged = {"inserted": 0, "updated": 0}
-        if dates:
-            readings = transforms.latest_wins(transforms.valid_readings(parsed))
-            attributed = transforms.with_attribution(
-                readings, self.dims.segments_df, self.dims.meterpoints_df
-            )
-            staged = transforms.to_staging(attributed, F.lit(ingested_at).cast("timestamp"))
-            merged = sinks.merge_staging(self.spark, self.lake(sinks.STAGING), staged, dates)
+        if not dates:
+            return {"dates": 0, "staged_new": 0, "staged_corrected": 0}
+        readings = transforms.latest_wins(transforms.valid_readings(parsed))
+        attributed = transforms.with_attribution(readings, self.dims.segments_df, self.dims.meterpoints_df)
+        staged = transforms.to_staging(attributed, F.lit(ingested_at).cast("timestamp"))
+        with self.timed("staging"):
+            change = sinks.merge_staging(self.spark, self.lake(sinks.STAGING), staged, dates)
+        try:
             crash_point("after_staging", self.raise_at)
-            self.refresh_presentation(dates)
-        return {"dates": len(dates), "staged_new": merged["inserted"], "staged_corrected": merged["updated"]}
+            with self.timed("presentation"):
+                # Staging held nothing of these dates before: its rows of them are the
+                # ones just written, so they need not be read back.
+                self.refresh_presentation(dates, change.written if change.dates_were_empty else None)
+        finally:
+            change.release()
+        return {"dates": len(dates), "staged_new": change.inserted, "staged_corrected": change.updated}
 
     def _unread_files(self, spark: SparkSession, parsed: DataFrame, batch_id: int, seen: int) -> list[str]:
         """Files of the batch that produced no record: Spark's file scan skips 0-byte
@@ -312,14 +338,21 @@ class Pipeline:
         )
         in_parallel([files_write, rows_write])
 
-    def refresh_presentation(self, dates: Sequence[date]) -> None:
-        """Recompute every presentation table for `dates` from staging and MERGE it in."""
-        staging = (
-            self.spark.read.format("delta")
-            .load(self.lake(sinks.STAGING))
-            .filter(F.col("reading_date").isin(list(dates)))
-            .persist()
-        )
+    def refresh_presentation(self, dates: Sequence[date], staging_rows: DataFrame | None = None) -> None:
+        """Recompute every presentation table for `dates` from staging and replace those dates.
+
+        `staging_rows`: every staging row of `dates` when the caller has them in
+        hand; by default they are read from staging.
+        """
+        if staging_rows is None:
+            staging = (
+                self.spark.read.format("delta")
+                .load(self.lake(sinks.STAGING))
+                .filter(F.col("reading_date").isin(list(dates)))
+                .persist()
+            )
+        else:
+            staging = staging_rows
         try:
             fresh = {
                 sinks.HALF_HOUR: transforms.half_hour_totals(staging),
@@ -331,13 +364,14 @@ class Pipeline:
             # is mostly driver latency on small data).
             in_parallel(
                 [
-                    partial(sinks.merge_recomputed, self.spark, self.lake(table), table, df, dates)
+                    partial(sinks.replace_dates, self.spark, self.lake(table), table, df, dates)
                     for table, df in fresh.items()
                 ],
                 after_first=partial(crash_point, "mid_presentation", self.raise_at),
             )
         finally:
-            staging.unpersist()
+            if staging_rows is None:
+                staging.unpersist()
 
 
 def in_parallel(tasks: Sequence[Callable[[], object]], after_first: Callable[[], None] | None = None) -> None:

@@ -805,6 +805,7 @@ def bench_latency(work: Path, meterpoints: int, n_files: int, debounce: float) -
                     "latency_s": round(latency, 3),
                     "batch_s": counts.get("duration_s"),
                     "batch_files": counts.get("files"),
+                    "phases_s": counts.get("phases_s"),
                     "watch_run_s": run_s,
                     "cpu_s": round(cpu, 1),
                 }

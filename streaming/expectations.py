@@ -114,10 +114,10 @@ def with_expectations(
 ) -> DataFrame:
     """Parsed records with `reason` set for rows an extra `drop` rule rejects and a
     `warnings` array naming the `warn` rules a kept row violates."""
-    rows = parsed_df.filter(F.col("kind") == "row")
-    files = parsed_df.filter(F.col("kind") == "file")
-    checked = extra_rule_violations(rows, meterpoints_df, now, rules.max_kwh_per_half_hour)
-    valid = F.col("reason").isNull()
+    # One pass over the records (file records never violate a row rule): splitting
+    # rows from files and unioning them back would run the parser twice.
+    checked = extra_rule_violations(parsed_df, meterpoints_df, now, rules.max_kwh_per_half_hour)
+    valid = (F.col("kind") == "row") & F.col("reason").isNull()
     reason = F.col("reason")
     messages = {
         "known_meterpoint": F.format_string(
@@ -142,9 +142,7 @@ def with_expectations(
         else F.array().cast("array<string>"),
         lambda x: x.isNotNull(),
     )
-    rows_out = checked.withColumn("reason", reason).withColumn("warnings", warnings).drop(*EXTRA_RULES)
-    files_out = files.withColumn("warnings", F.array().cast("array<string>"))
-    return rows_out.unionByName(files_out)
+    return checked.withColumn("reason", reason).withColumn("warnings", warnings).drop(*EXTRA_RULES)
 
 
 def check_failures(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date
 from functools import reduce
 
@@ -52,15 +53,12 @@ TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     GOLD_PRODUCT_HALF_HOUR: (schemas.GOLD_PRODUCT_HALF_HOUR, ()),
 }
 
-# key columns and the target's local-date expression of each presentation table
-PRESENTATION_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
-    HALF_HOUR: (("interval_start",), "to_date(t.interval_start_local)"),
-    PRODUCT_DAY: (("product_display_name", "date"), "t.date"),
-    GOLD_HALF_HOUR: (("interval_start",), "to_date(t.interval_start_local)"),
-    GOLD_PRODUCT_HALF_HOUR: (
-        ("product_display_name", "interval_start"),
-        "to_date(t.interval_start_local)",
-    ),
+# each presentation table's local date, as an expression on its own columns
+PRESENTATION_DATE: dict[str, str] = {
+    HALF_HOUR: "to_date(interval_start_local)",
+    PRODUCT_DAY: "date",
+    GOLD_HALF_HOUR: "to_date(interval_start_local)",
+    GOLD_PRODUCT_HALF_HOUR: "to_date(interval_start_local)",
 }
 
 _BAD_NAME_CHARS = re.compile(r"[ ,;{}()\n\t=]")
@@ -140,39 +138,80 @@ STAGING_KEYS = ("reading_date", "meterpoint_id", "interval_start")
 STAGING_COMPARED = ("consumption_kwh", *schemas.ATTRIBUTION.fieldNames())
 
 
+@dataclass
+class StagingChange:
+    """What a staging write did: rows inserted and updated, and whether staging held
+    no row at all for the batch's dates before (then `written` is every row of them)."""
+
+    inserted: int
+    updated: int
+    dates_were_empty: bool
+    written: DataFrame  # the rows written, cached until `release()`
+    cached: DataFrame
+
+    def release(self) -> None:
+        self.cached.unpersist()
+
+
 def merge_staging(
     spark: SparkSession, path: str, batch_df: DataFrame, dates: Sequence[date]
-) -> dict[str, int]:
+) -> StagingChange:
     """Upsert one reading per key; the later batch wins, an equal value changes nothing.
 
-    Rows equal to what staging holds are removed first, so a repeated delivery
-    (or a replayed batch) rewrites no file and commits nothing. Returns the
-    MERGE's row counts (`inserted`, `updated`).
+    Each row of the batch is classed against what staging holds for its key: new
+    (insert), different (update) or equal (nothing to do). Equal rows are dropped,
+    so a repeated delivery or a replayed batch rewrites no file and commits nothing.
+    When nothing is updated the new rows are appended in one commit (no MERGE join);
+    otherwise one MERGE writes inserts and updates together. `batch_df` holds one
+    row per key (`transforms.latest_wins`).
     """
     current = spark.read.format("delta").load(path).filter(F.col("reading_date").isin(list(dates)))
-    same = null_safe_equal("s", "t", (*STAGING_KEYS, *STAGING_COMPARED))
-    changed = batch_df.alias("s").join(current.alias("t"), same, "left_anti").persist()
+    dates_were_empty = current.select("reading_date").limit(1).count() == 0
+    if dates_were_empty:
+        changed = batch_df.withColumn("_change", F.lit("insert"))
+    else:
+        held = current.select(
+            *STAGING_KEYS,
+            *[F.col(c).alias(f"_held_{c}") for c in STAGING_COMPARED],
+            F.lit(True).alias("_held"),
+        )
+        same = reduce(
+            lambda acc, c: acc & F.col(c).eqNullSafe(F.col(f"_held_{c}")), STAGING_COMPARED, F.lit(True)
+        )
+        change = F.when(F.col("_held").isNull(), "insert").when(~same, "update")
+        changed = (
+            batch_df.join(held, list(STAGING_KEYS), "left")
+            .select(*batch_df.columns, change.alias("_change"))
+            .filter(F.col("_change").isNotNull())
+        )
+    changed = changed.persist()
+    counts = {row[0]: int(row[1]) for row in changed.groupBy("_change").count().collect()}
+    inserted, updated = counts.get("insert", 0), counts.get("update", 0)
+    rows = changed.drop("_change")
     try:
-        if changed.isEmpty():
-            return {"inserted": 0, "updated": 0}
-        target = DeltaTable.forPath(spark, path)
-        on = F.col("t.reading_date").isin(list(dates)) & reduce(
-            lambda acc, c: acc & (F.col(f"t.{c}") == F.col(f"s.{c}")), STAGING_KEYS, F.lit(True)
-        )
-        metrics = (
-            target.alias("t")
-            .merge(changed.alias("s"), on)
-            .whenMatchedUpdateAll()
-            .whenNotMatchedInsertAll()
-            .execute()
-            .first()  # Delta returns the MERGE's row counts as a one-row DataFrame
-        )
-    finally:
+        if updated == 0 and inserted > 0:
+            conform(rows, schemas.STAGING_READINGS).write.format("delta").mode("append").save(path)
+        elif updated > 0:
+            on = F.col("t.reading_date").isin(list(dates)) & reduce(
+                lambda acc, c: acc & (F.col(f"t.{c}") == F.col(f"s.{c}")), STAGING_KEYS, F.lit(True)
+            )
+            (
+                DeltaTable.forPath(spark, path)
+                .alias("t")
+                .merge(rows.alias("s"), on)
+                .whenMatchedUpdateAll()
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
+    except BaseException:
         changed.unpersist()
-    return {
-        "inserted": int(metrics["num_inserted_rows"]) if metrics else 0,
-        "updated": int(metrics["num_updated_rows"]) if metrics else 0,
-    }
+        raise
+    return StagingChange(inserted, updated, dates_were_empty, rows, changed)
+
+
+def conform(df: DataFrame, schema: StructType) -> DataFrame:
+    """`df`'s columns in the table's order and types."""
+    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
 
 
 def update_attribution(spark: SparkSession, path: str, changed_df: DataFrame, columns: Sequence[str]) -> None:
@@ -194,25 +233,25 @@ def update_attribution(spark: SparkSession, path: str, changed_df: DataFrame, co
     )
 
 
-def merge_recomputed(
+def replace_dates(
     spark: SparkSession, path: str, table: str, fresh_df: DataFrame, dates: Sequence[date]
 ) -> None:
-    """Make the rows of `table` for `dates` equal to `fresh_df` (recomputed from staging).
+    """Make the rows of `table` for the local `dates` equal to `fresh_df` in one commit.
 
-    Keys are compared null-safe (a NULL display name means "no agreement"), rows
-    no longer produced for those dates are deleted, untouched dates are not read.
+    A `replaceWhere` overwrite: the files holding rows of those dates are rewritten
+    without them and the fresh rows added, atomically; other dates are not touched.
+    Writing the same rows again (a replayed batch) leaves the table as it was.
     """
-    keys, target_date = PRESENTATION_KEYS[table]
-    in_dates = F.expr(target_date).isin(list(dates))
-    values = [c for c in fresh_df.columns if c not in keys]
-    target = DeltaTable.forPath(spark, path)
+    schema = TABLES[table][0]
+    if not dates:
+        return
+    listed = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(set(dates)))
     (
-        target.alias("t")
-        .merge(fresh_df.alias("s"), null_safe_equal("t", "s", keys) & in_dates)
-        .whenMatchedUpdateAll(condition=any_differs("t", "s", values))
-        .whenNotMatchedInsertAll()
-        .whenNotMatchedBySourceDelete(condition=in_dates)
-        .execute()
+        conform(fresh_df, schema)
+        .write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"{PRESENTATION_DATE[table]} IN ({listed})")
+        .save(path)
     )
 
 
