@@ -24,7 +24,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from streaming import dimensions, expectations, sinks, source, transforms
+from streaming import dimensions, expectations, schemas, sinks, source, transforms
 from streaming.config import Config
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ class Pipeline:
         self.rules = expectations.load_expectations(cfg.expectations)
         self.phases: dict[str, float] = {}  # seconds per phase of the batch (or start-up) in hand
 
+    def _timed_call(self, phase: str, func: Callable[..., None], *args: Any) -> None:
+        with self.timed(phase):
+            func(*args)
+
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
         """Adds the wall time of the block to `self.phases[phase]` (the batch log shows them)."""
@@ -81,11 +85,19 @@ class Pipeline:
         """Create the tables and bring the dimensions (and what depends on them) up to date."""
         with self.lock:
             self.phases = {}
-            with self.timed("tables"):
-                sinks.ensure_tables(self.spark, self.lake)
-            with self.timed("dimensions"):
-                self.refresh_dimensions(force=True)
-            log.info("prepared in %s s", json.dumps(self.phases))
+            with self.timed("prepare"):
+                # active_agreements is written by the refresh; the other tables are
+                # created meanwhile (each commit is mostly driver latency)
+                missing = [
+                    t for t in sinks.missing_tables(self.spark, self.lake) if t != sinks.ACTIVE_AGREEMENTS
+                ]
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="create-tables") as pool:
+                    created = pool.submit(sinks.create_tables, self.spark, self.lake, missing)
+                    try:
+                        self.refresh_dimensions(force=True)
+                    finally:
+                        created.result()
+            log.info("lake and dimensions ready in %.1f s", self.phases["prepare"])
 
     def refresh_dimensions(self, force: bool = False) -> bool:
         """Reload the SQLite dimensions if the file changed; True if anything was reloaded.
@@ -111,9 +123,15 @@ class Pipeline:
                 finally:
                     if previous is not None:
                         previous.unpersist()
-                dimensions.land_raw(self.spark, self.lake, source)
+                in_parallel(
+                    [
+                        partial(dimensions.land_raw, self.spark, self.lake, source),
+                        partial(self._write_active_agreements, fresh),
+                    ]
+                )
                 log.info("dimensions landed (fingerprint %s…)", source.fingerprint[:12])
-            self._write_active_agreements(fresh)
+            else:
+                self._write_active_agreements(fresh)
             old, self.dims = self.dims, fresh
             if old is not None:
                 old.unpersist()
@@ -137,6 +155,8 @@ class Pipeline:
 
     def _reattribute(self, fresh: dimensions.Conformed, previous: dimensions.Conformed | None) -> None:
         """Re-join staging rows of meterpoints whose attribution may change; refresh their dates."""
+        if not sinks.table_exists(self.spark, self.lake(sinks.STAGING)):
+            return  # a new lake (its tables are being created): nothing to re-attribute
         staging = self.spark.read.format("delta").load(self.lake(sinks.STAGING))
         if staging.isEmpty():
             return
@@ -173,7 +193,9 @@ class Pipeline:
         if dimensions.landed_metadata(self.spark, location) == stamp:
             return
         fresh = transforms.active_agreements(dims.agreements_df, self.cfg.as_of)
-        sinks.overwrite(fresh, location, user_metadata=json.dumps(stamp))
+        sinks.overwrite(
+            sinks.conform(fresh, schemas.ACTIVE_AGREEMENTS), location, user_metadata=json.dumps(stamp)
+        )
 
     def maintain(self, retain_hours: float = 168.0) -> None:
         """OPTIMIZE + VACUUM every table, between batches (never beside a MERGE)."""
@@ -222,13 +244,40 @@ class Pipeline:
             with self.timed("unread"):
                 unread = self._unread_files(spark, parsed, batch_id, counts["files"])
             counts["files_unread"] = len(unread)
-            writes = [partial(self._write_raw, parsed, sorted(shape.columns), app_id, batch_id, ingested_at)]
-            if counts["files_quarantined"] or counts["rows_quarantined"] or unread:
-                writes.append(partial(self._write_quarantine, parsed, unread, app_id, batch_id, ingested_at))
-            with self.timed("raw"):
-                in_parallel(writes)
-            crash_point("after_raw", self.raise_at)
-            counts.update(self._stage(parsed, sorted(shape.dates), ingested_at))
+            # The raw (and quarantine) appends and the staging write with its
+            # presentation refresh touch different tables: they run side by side.
+            # Each is idempotent, so a crash anywhere is repaired by the replay.
+            with ThreadPoolExecutor(max_workers=3, thread_name_prefix="lake-write") as pool:
+                staged = pool.submit(self._stage, parsed, sorted(shape.dates), ingested_at)
+                appends = [
+                    pool.submit(
+                        self._timed_call,
+                        "raw",
+                        self._write_raw,
+                        parsed,
+                        sorted(shape.columns),
+                        app_id,
+                        batch_id,
+                        ingested_at,
+                    )
+                ]
+                if counts["files_quarantined"] or counts["rows_quarantined"] or unread:
+                    appends.append(
+                        pool.submit(
+                            self._timed_call,
+                            "quarantine",
+                            self._write_quarantine,
+                            parsed,
+                            unread,
+                            app_id,
+                            batch_id,
+                            ingested_at,
+                        )
+                    )
+                for append in appends:
+                    append.result()
+                crash_point("after_raw", self.raise_at)
+                counts.update(staged.result())
             # repeated deliveries, and rows another row of the batch superseded
             counts["duplicates"] = (
                 counts["rows"]
@@ -266,7 +315,10 @@ class Pipeline:
             with self.timed("presentation"):
                 # Staging held nothing of these dates before: its rows of them are the
                 # ones just written, so they need not be read back.
-                self.refresh_presentation(dates, change.written if change.dates_were_empty else None)
+                if change.dates_were_empty:
+                    self.refresh_presentation(dates, change.written, append=True)
+                else:
+                    self.refresh_presentation(dates)
         finally:
             change.release()
         return {"dates": len(dates), "staged_new": change.inserted, "staged_corrected": change.updated}
@@ -338,11 +390,15 @@ class Pipeline:
         )
         in_parallel([files_write, rows_write])
 
-    def refresh_presentation(self, dates: Sequence[date], staging_rows: DataFrame | None = None) -> None:
+    def refresh_presentation(
+        self, dates: Sequence[date], staging_rows: DataFrame | None = None, append: bool = False
+    ) -> None:
         """Recompute every presentation table for `dates` from staging and replace those dates.
 
         `staging_rows`: every staging row of `dates` when the caller has them in
-        hand; by default they are read from staging.
+        hand (by default they are read from staging). `append`: the tables hold no
+        row of `dates` (staging held none before this batch), so the fresh rows
+        are appended, a commit without a scan of the table.
         """
         if staging_rows is None:
             staging = (
@@ -364,7 +420,7 @@ class Pipeline:
             # is mostly driver latency on small data).
             in_parallel(
                 [
-                    partial(sinks.replace_dates, self.spark, self.lake(table), table, df, dates)
+                    partial(sinks.replace_dates, self.spark, self.lake(table), table, df, dates, append)
                     for table, df in fresh.items()
                 ],
                 after_first=partial(crash_point, "mid_presentation", self.raise_at),

@@ -66,19 +66,32 @@ _BAD_NAME_CHARS = re.compile(r"[ ,;{}()\n\t=]")
 
 def ensure_tables(spark: SparkSession, location: LakePaths) -> None:
     """Create every output table (empty, with its schema) if it does not exist yet."""
+    create_tables(spark, location, missing_tables(spark, location))
+
+
+def missing_tables(spark: SparkSession, location: LakePaths) -> list[str]:
+    """The output tables that do not exist yet."""
+    return [name for name in TABLES if not table_exists(spark, location(name))]
+
+
+def create_tables(spark: SparkSession, location: LakePaths, names: Sequence[str]) -> None:
+    """Create the named tables (empty, with their schema and partitioning), side by side."""
     from concurrent.futures import ThreadPoolExecutor
 
     def create(name: str) -> None:
-        if _has_delta_log(location(name)) or DeltaTable.isDeltaTable(spark, location(name)):
-            return
         schema, partitions = TABLES[name]
         builder = DeltaTable.createIfNotExists(spark).location(location(name)).addColumns(schema)
         if partitions:
             builder = builder.partitionedBy(*partitions)
         builder.execute()
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(create, TABLES))
+    if names:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(create, names))
+
+
+def table_exists(spark: SparkSession, path: str) -> bool:
+    return _has_delta_log(path) or DeltaTable.isDeltaTable(spark, path)
 
 
 def _has_delta_log(path: str) -> bool:
@@ -166,7 +179,8 @@ def merge_staging(
     row per key (`transforms.latest_wins`).
     """
     current = spark.read.format("delta").load(path).filter(F.col("reading_date").isin(list(dates)))
-    dates_were_empty = current.select("reading_date").limit(1).count() == 0
+    # partition pruning on the snapshot's file list: no scan of the data
+    dates_were_empty = not current.inputFiles()
     if dates_were_empty:
         changed = batch_df.withColumn("_change", F.lit("insert"))
     else:
@@ -234,16 +248,26 @@ def update_attribution(spark: SparkSession, path: str, changed_df: DataFrame, co
 
 
 def replace_dates(
-    spark: SparkSession, path: str, table: str, fresh_df: DataFrame, dates: Sequence[date]
+    spark: SparkSession,
+    path: str,
+    table: str,
+    fresh_df: DataFrame,
+    dates: Sequence[date],
+    append: bool = False,
 ) -> None:
     """Make the rows of `table` for the local `dates` equal to `fresh_df` in one commit.
 
     A `replaceWhere` overwrite: the files holding rows of those dates are rewritten
     without them and the fresh rows added, atomically; other dates are not touched.
     Writing the same rows again (a replayed batch) leaves the table as it was.
+    `append=True` is for a caller that knows the table holds no row of `dates`:
+    a plain append, which needs no scan of the table.
     """
     schema = TABLES[table][0]
     if not dates:
+        return
+    if append:
+        conform(fresh_df, schema).write.format("delta").mode("append").save(path)
         return
     listed = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(set(dates)))
     (
