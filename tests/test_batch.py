@@ -285,6 +285,25 @@ def test_replayed_batch_still_matches_the_reference(run: Run) -> None:
     assert reconciliation_errors(actual) == []
 
 
+def test_batch_log_counts_new_corrected_and_duplicate_rows_and_times_each_phase(run: Run) -> None:
+    first, replay, second = run.pipeline.batches[:3]
+    staged = {(r["meterpoint_id"], r["interval_start"]): r for r in run.after["first"][STAGING]}
+    later = {(r["meterpoint_id"], r["interval_start"]): r for r in run.after["second"][STAGING]}
+    compared = ("consumption_kwh", "agreement_id", "product_id", "region")
+    changed = [k for k in staged if any(staged[k][c] != later[k][c] for c in compared)]
+    assert changed, "the second batch corrects readings"
+
+    assert (first["staged_new"], first["staged_corrected"]) == (len(staged), 0)
+    # the replay writes nothing: every row equals what staging holds
+    assert (replay["staged_new"], replay["staged_corrected"]) == (0, 0)
+    assert replay["duplicates"] == replay["rows"] - replay["rows_quarantined"]
+    assert second["staged_new"] == len(later) - len(staged)
+    assert second["staged_corrected"] == len(changed)
+    for line in (first, replay, second):
+        assert {"parse", "raw", "staging", "presentation"} <= set(line["phases_s"])
+        assert all(seconds >= 0 for seconds in line["phases_s"].values())
+
+
 # ---------------------------------------------------------------- batch 1
 
 
