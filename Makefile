@@ -31,8 +31,8 @@ test-fast: setup
 	$(PY) -m pytest -m "not e2e and not service and not cluster"
 
 lint: setup
-	$(PY) -m ruff check streaming tests run_stream.py
-	$(PY) -m ruff format --check streaming tests run_stream.py
+	$(PY) -m ruff check streaming tests tools run_stream.py
+	$(PY) -m ruff format --check streaming tests tools run_stream.py
 	$(PY) -m mypy
 
 bench: setup

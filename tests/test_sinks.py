@@ -1,0 +1,123 @@
+"""The two writes every batch makes: staging (new, changed, equal rows) and presentation dates."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+
+from streaming import schemas, sinks
+
+DAY1, DAY2, DAY3 = date(2021, 1, 1), date(2021, 1, 2), date(2021, 1, 3)
+INGESTED = datetime(2026, 11, 29, 12, 0)
+
+
+def reading(mp: str, day: date, slot: int, kwh: float, agreement: int | None = 1) -> dict[str, Any]:
+    local = datetime(day.year, day.month, day.day) + timedelta(minutes=30 * slot)
+    return {
+        "meterpoint_id": mp,
+        "interval_start": local.replace(tzinfo=UTC),  # winter: local time is UTC
+        "interval_start_local": local,
+        "reading_date": day,
+        "consumption_kwh": kwh,
+        "agreement_id": agreement,
+        "product_id": 10 if agreement else None,
+        "product_display_name": "Fixed" if agreement else None,
+        "product_is_variable": False if agreement else None,
+        "region": "North",
+        "account_id": 7 if agreement else None,
+        "source_file": "f.json",
+        "ingested_at": INGESTED,
+    }
+
+
+def frame(spark: SparkSession, rows: list[dict[str, Any]]) -> DataFrame:
+    fields = schemas.STAGING_READINGS.fieldNames()
+    return spark.createDataFrame([tuple(r[f] for f in fields) for r in rows], schemas.STAGING_READINGS)
+
+
+def staged(spark: SparkSession, path: str) -> dict[tuple[str, int], tuple[float, int | None]]:
+    return {
+        (r["meterpoint_id"], r["interval_start_local"].hour * 2 + r["interval_start_local"].minute // 30): (
+            r["consumption_kwh"],
+            r["agreement_id"],
+        )
+        for r in spark.read.format("delta").load(path).collect()
+        if r["reading_date"] == DAY1
+    }
+
+
+def write(spark: SparkSession, path: str, rows: list[dict[str, Any]]) -> sinks.StagingChange:
+    change = sinks.merge_staging(spark, path, frame(spark, rows), sorted({r["reading_date"] for r in rows}))
+    change.release()
+    return change
+
+
+@pytest.fixture
+def staging(spark: SparkSession, tmp_path: Path) -> str:
+    lake = sinks.LakePaths(str(tmp_path / "lake"))
+    sinks.create_tables(spark, lake, [sinks.STAGING])
+    return lake(sinks.STAGING)
+
+
+def test_staging_write_classes_rows_as_new_changed_or_equal(spark: SparkSession, staging: str) -> None:
+    first = write(spark, staging, [reading("a", DAY1, 0, 0.5), reading("a", DAY1, 1, 0.25)])
+    assert (first.inserted, first.updated, first.dates_were_empty) == (2, 0, True)
+    version = spark.sql(f"DESCRIBE HISTORY delta.`{staging}`").count()
+
+    # the same rows again: nothing to write, no commit
+    again = write(spark, staging, [reading("a", DAY1, 0, 0.5), reading("a", DAY1, 1, 0.25)])
+    assert (again.inserted, again.updated, again.dates_were_empty) == (0, 0, False)
+    assert spark.sql(f"DESCRIBE HISTORY delta.`{staging}`").count() == version
+
+    # one equal, one corrected value, one new attribution, one new key
+    mixed = write(
+        spark,
+        staging,
+        [
+            reading("a", DAY1, 0, 0.5),
+            reading("a", DAY1, 1, 0.75),
+            reading("b", DAY1, 0, 0.125, agreement=None),
+            reading("a", DAY1, 2, 1.0),
+        ],
+    )
+    assert (mixed.inserted, mixed.updated) == (2, 1)
+    assert staged(spark, staging) == {
+        ("a", 0): (0.5, 1),
+        ("a", 1): (0.75, 1),
+        ("a", 2): (1.0, 1),
+        ("b", 0): (0.125, None),
+    }
+
+    # an attribution change alone is a change too
+    reattributed = write(spark, staging, [reading("b", DAY1, 0, 0.125, agreement=2)])
+    assert (reattributed.inserted, reattributed.updated) == (0, 1)
+    assert staged(spark, staging)[("b", 0)] == (0.125, 2)
+
+
+def test_staging_write_knows_when_its_dates_held_nothing(spark: SparkSession, staging: str) -> None:
+    write(spark, staging, [reading("a", DAY1, 0, 0.5)])
+    other_day = write(spark, staging, [reading("a", DAY2, 0, 0.5)])
+    assert other_day.dates_were_empty  # DAY2 held nothing, whatever DAY1 holds
+    both = write(spark, staging, [reading("b", DAY2, 0, 0.5), reading("b", DAY3, 0, 0.5)])
+    assert not both.dates_were_empty  # DAY2 holds a row now
+    assert (both.inserted, both.updated) == (2, 0)
+
+
+def test_replacing_dates_leaves_other_dates_alone(spark: SparkSession, tmp_path: Path) -> None:
+    lake = sinks.LakePaths(str(tmp_path / "lake"))
+    table = sinks.PRODUCT_DAY
+    sinks.create_tables(spark, lake, [table])
+
+    def rows(*values: tuple[str | None, date, int, float]) -> DataFrame:
+        return spark.createDataFrame(list(values), schemas.PRODUCT_DAY_TOTALS)
+
+    sinks.replace_dates(spark, lake(table), table, rows(("Fixed", DAY1, 2, 1.5), (None, DAY1, 1, 0.5)), [DAY1])
+    sinks.replace_dates(spark, lake(table), table, rows(("Fixed", DAY2, 3, 2.5)), [DAY2], append=True)
+    # DAY1 recomputed: the no-agreement group is gone, Fixed changed; DAY2 untouched
+    sinks.replace_dates(spark, lake(table), table, rows(("Fixed", DAY1, 3, 2.0)), [DAY1])
+    result = sorted(tuple(r) for r in spark.read.format("delta").load(lake(table)).collect())
+    assert result == [("Fixed", DAY1, 3, 2.0), ("Fixed", DAY2, 3, 2.5)]
