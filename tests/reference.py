@@ -144,10 +144,7 @@ def load_deliveries(paths: Iterable[Path | str]) -> list[FileDelivery]:
     out: list[FileDelivery] = []
     for p in paths:
         p = Path(p)
-        if p.is_dir():
-            files = sorted(c for c in p.iterdir() if c.is_file())
-        else:
-            files = [p]
+        files = sorted(c for c in p.iterdir() if c.is_file()) if p.is_dir() else [p]
         for f in files:
             if _ignored_name(f.name):
                 continue
@@ -568,7 +565,7 @@ def _rows(con: sqlite3.Connection, table: str) -> list[dict[str, Any]]:
     except sqlite3.OperationalError:  # WITHOUT ROWID table or a view
         cur = con.execute(f'SELECT * FROM "{table}"')
     names = [d[0].lower() for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
+    return [dict(zip(names, r, strict=False)) for r in cur.fetchall()]
 
 
 def load_dimensions(db_path: Path | str) -> Dimensions:
@@ -824,9 +821,8 @@ def _values_equal(a: Any, b: Any, rel_tol: float, abs_tol: float) -> bool:
                 return math.isnan(a) and math.isnan(b)
             return math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
         return a == b
-    if type(a) is datetime and type(b) is datetime:
-        if (a.tzinfo is None) != (b.tzinfo is None):
-            return False
+    if type(a) is datetime and type(b) is datetime and (a.tzinfo is None) != (b.tzinfo is None):
+        return False
     return a == b
 
 
@@ -872,7 +868,7 @@ def tables_diff(
             problems.append(f"{table}: no key columns given")
             continue
 
-        def key(row: dict) -> tuple:
+        def key(row: dict, kcols: tuple = tuple(kcols)) -> tuple:
             return tuple(_canon(c, row.get(c)) for c in kcols)
 
         exp_by: dict[tuple, list[dict]] = defaultdict(list)

@@ -108,7 +108,7 @@ def test_fall_back_two_meterpoints_interleaved(tmp_path):
     seq = fall_back_local_sequence()
     assert len(seq) == 50
     rows = []
-    for i, ts in enumerate(seq):
+    for _i, ts in enumerate(seq):
         rows.append([ts, 0.1, "mpA"])
         rows.append([ts, 0.2, "mpB"])  # interleaved: occurrences count per meterpoint
     f = readings_file(tmp_path / "fb.json", rows)
@@ -319,7 +319,7 @@ def test_columns_in_another_order_and_extra_columns(tmp_path):
 def test_pretty_printed_file(tmp_path):
     f = tmp_path / "p.json"
     f.write_text(json.dumps({"columns": COLS, "data": [["2021-01-01 00:00:00", 1, "m"]]}, indent=2))
-    good, bad, freason = parse_file(f)
+    good, _bad, freason = parse_file(f)
     assert len(good) == 1 and freason is None
 
 
@@ -629,7 +629,7 @@ def build_small_world(tmp_path):
 
 
 def test_presentation_tables(tmp_path):
-    db, t = build_small_world(tmp_path)
+    _db, t = build_small_world(tmp_path)
     assert len(t[STAGING]) == 6
     s = {(r["meterpoint_id"], r["interval_start"]): r for r in t[STAGING]}
     r = s[("m4", utc(2021, 1, 2, 0, 0))]

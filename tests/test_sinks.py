@@ -115,7 +115,8 @@ def test_replacing_dates_leaves_other_dates_alone(spark: SparkSession, tmp_path:
     def rows(*values: tuple[str | None, date, int, float]) -> DataFrame:
         return spark.createDataFrame(list(values), schemas.PRODUCT_DAY_TOTALS)
 
-    sinks.replace_dates(spark, lake(table), table, rows(("Fixed", DAY1, 2, 1.5), (None, DAY1, 1, 0.5)), [DAY1])
+    first = rows(("Fixed", DAY1, 2, 1.5), (None, DAY1, 1, 0.5))
+    sinks.replace_dates(spark, lake(table), table, first, [DAY1])
     sinks.replace_dates(spark, lake(table), table, rows(("Fixed", DAY2, 3, 2.5)), [DAY2], append=True)
     # DAY1 recomputed: the no-agreement group is gone, Fixed changed; DAY2 untouched
     sinks.replace_dates(spark, lake(table), table, rows(("Fixed", DAY1, 3, 2.0)), [DAY1])
