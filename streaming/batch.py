@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -91,11 +91,22 @@ class Pipeline:
                 missing = [
                     t for t in sinks.missing_tables(self.spark, self.lake) if t != sinks.ACTIVE_AGREEMENTS
                 ]
-                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="create-tables") as pool:
-                    created = pool.submit(sinks.create_tables, self.spark, self.lake, missing)
-                    try:
-                        self.refresh_dimensions(force=True)
-                    finally:
+                if sinks.STAGING not in missing:
+                    # an existing lake may re-attribute (and rewrite presentation
+                    # dates) in the refresh: its tables must exist first
+                    sinks.create_tables(self.spark, self.lake, missing)
+                    self.refresh_dimensions(force=True)
+                else:
+                    # a new lake: nothing to re-attribute, the two overlap (the
+                    # refresh stays on this thread, which holds the lock)
+                    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="create-tables") as pool:
+                        created = pool.submit(sinks.create_tables, self.spark, self.lake, missing)
+                        try:
+                            self.refresh_dimensions(force=True)
+                        except BaseException:
+                            if created.exception() is not None:
+                                log.error("creating the tables failed too", exc_info=created.exception())
+                            raise
                         created.result()
             log.info("lake and dimensions ready in %.1f s", self.phases["prepare"])
 
@@ -244,11 +255,11 @@ class Pipeline:
             with self.timed("unread"):
                 unread = self._unread_files(spark, parsed, batch_id, counts["files"])
             counts["files_unread"] = len(unread)
-            # The raw (and quarantine) appends and the staging write with its
-            # presentation refresh touch different tables: they run side by side.
-            # Each is idempotent, so a crash anywhere is repaired by the replay.
+            # The raw (and quarantine) appends run beside the staging work; staging
+            # is committed only once they are (so a crash leaves raw, then staging,
+            # then presentation written, in that order). Each write is idempotent:
+            # a crash anywhere is repaired by the replay.
             with ThreadPoolExecutor(max_workers=3, thread_name_prefix="lake-write") as pool:
-                staged = pool.submit(self._stage, parsed, sorted(shape.dates), ingested_at)
                 appends = [
                     pool.submit(
                         self._timed_call,
@@ -274,9 +285,13 @@ class Pipeline:
                             ingested_at,
                         )
                     )
-                for append in appends:
-                    append.result()
-                crash_point("after_raw", self.raise_at)
+
+                def appended() -> None:
+                    wait_all(appends)
+                    crash_point("after_raw", self.raise_at)
+
+                staged = pool.submit(self._stage, parsed, sorted(shape.dates), ingested_at, appended)
+                wait_all([*appends, staged])
                 counts.update(staged.result())
             # repeated deliveries, and rows another row of the batch superseded
             counts["duplicates"] = (
@@ -300,16 +315,22 @@ class Pipeline:
         self.batches.append(line)
         log.info("batch %s", json.dumps(line, default=str))
 
-    def _stage(self, parsed: DataFrame, dates: list[date], ingested_at: datetime) -> dict[str, int]:
-        """Latest wins within the batch, point-in-time join, staging MERGE, presentation."""
+    def _stage(
+        self, parsed: DataFrame, dates: list[date], ingested_at: datetime, before_write: Callable[[], None]
+    ) -> dict[str, int]:
+        """Latest wins within the batch, point-in-time join, staging write, presentation.
+
+        `before_write` runs before staging is changed (it waits for the raw append).
+        """
         assert self.dims is not None
         if not dates:
+            before_write()
             return {"dates": 0, "staged_new": 0, "staged_corrected": 0}
         readings = transforms.latest_wins(transforms.valid_readings(parsed))
         attributed = transforms.with_attribution(readings, self.dims.segments_df, self.dims.meterpoints_df)
         staged = transforms.to_staging(attributed, F.lit(ingested_at).cast("timestamp"))
         with self.timed("staging"):
-            change = sinks.merge_staging(self.spark, self.lake(sinks.STAGING), staged, dates)
+            change = sinks.merge_staging(self.spark, self.lake(sinks.STAGING), staged, dates, before_write)
         try:
             crash_point("after_staging", self.raise_at)
             with self.timed("presentation"):
@@ -416,7 +437,7 @@ class Pipeline:
                 sinks.GOLD_HALF_HOUR: transforms.gold_aggregate_per_half_hour(staging),
                 sinks.GOLD_PRODUCT_HALF_HOUR: transforms.gold_avg_half_hour_by_product(staging),
             }
-            # Four independent tables: their MERGEs run side by side (each commit
+            # Four independent tables: their writes run side by side (each commit
             # is mostly driver latency on small data).
             in_parallel(
                 [
@@ -431,13 +452,31 @@ class Pipeline:
 
 
 def in_parallel(tasks: Sequence[Callable[[], object]], after_first: Callable[[], None] | None = None) -> None:
-    """Run independent lake writes side by side; the first failure is raised."""
+    """Run independent lake writes side by side; every one finishes, every failure is
+    logged and the first is raised."""
     with ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="lake-write") as pool:
         futures = [pool.submit(task) for task in tasks]
-        for i, future in enumerate(futures):
+        if after_first is not None:
+            futures.append(pool.submit(lambda: (futures[0].result(), after_first())))
+        wait_all(futures)
+
+
+def wait_all(futures: Sequence[Future[Any]]) -> None:
+    """Wait for every future; log each failure beyond the first, then raise the first.
+
+    Nothing is lost: a write that fails beside another failing write is in the log.
+    """
+    errors: list[BaseException] = []
+    for future in futures:
+        try:
             future.result()
-            if i == 0 and after_first is not None:
-                after_first()
+        except BaseException as exc:  # collected, logged and re-raised below
+            if not any(exc is seen for seen in errors):
+                errors.append(exc)
+    for extra in errors[1:]:
+        log.error("another write of the same step failed too", exc_info=extra)
+    if errors:
+        raise errors[0]
 
 
 @dataclass

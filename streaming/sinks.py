@@ -9,7 +9,7 @@ staging, so a batch replayed after a crash leaves every table as it was.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import reduce
@@ -62,11 +62,6 @@ PRESENTATION_DATE: dict[str, str] = {
 }
 
 _BAD_NAME_CHARS = re.compile(r"[ ,;{}()\n\t=]")
-
-
-def ensure_tables(spark: SparkSession, location: LakePaths) -> None:
-    """Create every output table (empty, with its schema) if it does not exist yet."""
-    create_tables(spark, location, missing_tables(spark, location))
 
 
 def missing_tables(spark: SparkSession, location: LakePaths) -> list[str]:
@@ -167,7 +162,11 @@ class StagingChange:
 
 
 def merge_staging(
-    spark: SparkSession, path: str, batch_df: DataFrame, dates: Sequence[date]
+    spark: SparkSession,
+    path: str,
+    batch_df: DataFrame,
+    dates: Sequence[date],
+    before_write: Callable[[], None] = lambda: None,
 ) -> StagingChange:
     """Upsert one reading per key; the later batch wins, an equal value changes nothing.
 
@@ -176,7 +175,9 @@ def merge_staging(
     so a repeated delivery or a replayed batch rewrites no file and commits nothing.
     When nothing is updated the new rows are appended in one commit (no MERGE join);
     otherwise one MERGE writes inserts and updates together. `batch_df` holds one
-    row per key (`transforms.latest_wins`).
+    row per key (`transforms.latest_wins`). `before_write` runs once the rows are
+    classed, before staging is changed. The append relies on one writer per lake
+    (the classes are read from the snapshot the append then extends).
     """
     current = spark.read.format("delta").load(path).filter(F.col("reading_date").isin(list(dates)))
     # partition pruning on the snapshot's file list: no scan of the data
@@ -199,10 +200,11 @@ def merge_staging(
             .filter(F.col("_change").isNotNull())
         )
     changed = changed.persist()
-    counts = {row[0]: int(row[1]) for row in changed.groupBy("_change").count().collect()}
-    inserted, updated = counts.get("insert", 0), counts.get("update", 0)
-    rows = changed.drop("_change")
     try:
+        counts = {row[0]: int(row[1]) for row in changed.groupBy("_change").count().collect()}
+        inserted, updated = counts.get("insert", 0), counts.get("update", 0)
+        rows = changed.drop("_change")
+        before_write()
         if updated == 0 and inserted > 0:
             conform(rows, schemas.STAGING_READINGS).write.format("delta").mode("append").save(path)
         elif updated > 0:

@@ -105,6 +105,11 @@ def test_staging_write_knows_when_its_dates_held_nothing(spark: SparkSession, st
     both = write(spark, staging, [reading("b", DAY2, 0, 0.5), reading("b", DAY3, 0, 0.5)])
     assert not both.dates_were_empty  # DAY2 holds a row now
     assert (both.inserted, both.updated) == (2, 0)
+    held = sorted(
+        (r[0], r[1])
+        for r in spark.read.format("delta").load(staging).select("meterpoint_id", "reading_date").collect()
+    )
+    assert held == [("a", DAY1), ("a", DAY2), ("b", DAY2), ("b", DAY3)]
 
 
 def test_replacing_dates_leaves_other_dates_alone(spark: SparkSession, tmp_path: Path) -> None:
@@ -122,3 +127,32 @@ def test_replacing_dates_leaves_other_dates_alone(spark: SparkSession, tmp_path:
     sinks.replace_dates(spark, lake(table), table, rows(("Fixed", DAY1, 3, 2.0)), [DAY1])
     result = sorted(tuple(r) for r in spark.read.format("delta").load(lake(table)).collect())
     assert result == [("Fixed", DAY1, 3, 2.0), ("Fixed", DAY2, 3, 2.5)]
+
+
+def test_replacing_half_hour_dates_by_local_date_deletes_what_is_no_longer_produced(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    lake = sinks.LakePaths(str(tmp_path / "lake"))
+    table = sinks.HALF_HOUR
+    sinks.create_tables(spark, lake, [table])
+
+    def slot(day: date, hour: int) -> tuple[datetime, datetime, int, float]:
+        # in summer the local day starts at 23:00 UTC the day before: the date is the local one
+        local = datetime(day.year, day.month, day.day, hour)
+        return (local.replace(tzinfo=UTC) - timedelta(hours=1), local, 1, 0.5)
+
+    summer1, summer2 = date(2021, 7, 1), date(2021, 7, 2)
+    sinks.replace_dates(
+        spark,
+        lake(table),
+        table,
+        spark.createDataFrame([slot(summer1, 0), slot(summer2, 0)], schemas.HALF_HOUR_TOTALS),
+        [summer1, summer2],
+        append=True,
+    )
+    # summer1 recomputed to nothing (say, its readings moved away): its rows go, summer2 stays
+    sinks.replace_dates(
+        spark, lake(table), table, spark.createDataFrame([], schemas.HALF_HOUR_TOTALS), [summer1]
+    )
+    left = [r["interval_start_local"] for r in spark.read.format("delta").load(lake(table)).collect()]
+    assert left == [datetime(2021, 7, 2, 0)]
