@@ -336,10 +336,7 @@ class Pipeline:
             with self.timed("presentation"):
                 # Staging held nothing of these dates before: its rows of them are the
                 # ones just written, so they need not be read back.
-                if change.dates_were_empty:
-                    self.refresh_presentation(dates, change.written, append=True)
-                else:
-                    self.refresh_presentation(dates)
+                self.refresh_presentation(dates, change.written if change.dates_were_empty else None)
         finally:
             change.release()
         return {"dates": len(dates), "staged_new": change.inserted, "staged_corrected": change.updated}
@@ -411,17 +408,16 @@ class Pipeline:
         )
         in_parallel([files_write, rows_write])
 
-    def refresh_presentation(
-        self, dates: Sequence[date], staging_rows: DataFrame | None = None, append: bool = False
-    ) -> None:
+    def refresh_presentation(self, dates: Sequence[date], new_dates_rows: DataFrame | None = None) -> None:
         """Recompute every presentation table for `dates` from staging and replace those dates.
 
-        `staging_rows`: every staging row of `dates` when the caller has them in
-        hand (by default they are read from staging). `append`: the tables hold no
-        row of `dates` (staging held none before this batch), so the fresh rows
-        are appended, a commit without a scan of the table.
+        `new_dates_rows`: given when staging held no row of `dates` before this
+        batch, so these (just written) are all its rows of them and the
+        presentation tables hold none: the fresh rows are aggregated from them and
+        appended, without reading staging back or scanning the tables.
         """
-        if staging_rows is None:
+        append = new_dates_rows is not None
+        if new_dates_rows is None:
             staging = (
                 self.spark.read.format("delta")
                 .load(self.lake(sinks.STAGING))
@@ -429,7 +425,7 @@ class Pipeline:
                 .persist()
             )
         else:
-            staging = staging_rows
+            staging = new_dates_rows
         try:
             fresh = {
                 sinks.HALF_HOUR: transforms.half_hour_totals(staging),
@@ -447,7 +443,7 @@ class Pipeline:
                 after_first=partial(crash_point, "mid_presentation", self.raise_at),
             )
         finally:
-            if staging_rows is None:
+            if not append:
                 staging.unpersist()
 
 

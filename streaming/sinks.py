@@ -154,11 +154,15 @@ class StagingChange:
     inserted: int
     updated: int
     dates_were_empty: bool
-    written: DataFrame  # the rows written, cached until `release()`
-    cached: DataFrame
+    classed: DataFrame  # the batch's new and changed rows with their `_change`, cached
+
+    @property
+    def written(self) -> DataFrame:
+        """The rows written, in staging's columns (cached until `release()`)."""
+        return self.classed.drop("_change")
 
     def release(self) -> None:
-        self.cached.unpersist()
+        self.classed.unpersist()
 
 
 def merge_staging(
@@ -193,17 +197,18 @@ def merge_staging(
         same = reduce(
             lambda acc, c: acc & F.col(c).eqNullSafe(F.col(f"_held_{c}")), STAGING_COMPARED, F.lit(True)
         )
-        change = F.when(F.col("_held").isNull(), "insert").when(~same, "update")
+        kind = F.when(F.col("_held").isNull(), "insert").when(~same, "update")
         changed = (
             batch_df.join(held, list(STAGING_KEYS), "left")
-            .select(*batch_df.columns, change.alias("_change"))
+            .select(*batch_df.columns, kind.alias("_change"))
             .filter(F.col("_change").isNotNull())
         )
     changed = changed.persist()
     try:
         counts = {row[0]: int(row[1]) for row in changed.groupBy("_change").count().collect()}
         inserted, updated = counts.get("insert", 0), counts.get("update", 0)
-        rows = changed.drop("_change")
+        change = StagingChange(inserted, updated, dates_were_empty, changed)
+        rows = change.written
         before_write()
         if updated == 0 and inserted > 0:
             conform(rows, schemas.STAGING_READINGS).write.format("delta").mode("append").save(path)
@@ -222,7 +227,7 @@ def merge_staging(
     except BaseException:
         changed.unpersist()
         raise
-    return StagingChange(inserted, updated, dates_were_empty, rows, changed)
+    return change
 
 
 def conform(df: DataFrame, schema: StructType) -> DataFrame:
