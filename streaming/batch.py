@@ -65,6 +65,7 @@ class Pipeline:
         self.raise_at: str | None = None  # test hook: a crash point to raise at
         self.rules = expectations.load_expectations(cfg.expectations)
         self.phases: dict[str, float] = {}  # seconds per phase of the batch (or start-up) in hand
+        self._prepared: Future[None] | None = None  # `preparing()`: the start-up running beside the query
 
     def _timed_call(self, phase: str, func: Callable[..., None], *args: Any) -> None:
         with self.timed(phase):
@@ -80,6 +81,33 @@ class Pipeline:
             self.phases[phase] = round(self.phases.get(phase, 0.0) + time.monotonic() - started, 2)
 
     # ------------------------------------------------------------ dimensions
+
+    @contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Run `prepare()` in a thread while the block starts the query.
+
+        The query's start (checkpoint, listing the folder, planning the first
+        batch) overlaps the lake's start-up, which is mostly the first Delta
+        commits of a cold JVM. Every batch and dimension check waits for the
+        start-up first (`wait_prepared`), so none sees a half-ready lake. Leaving
+        the block waits for the start-up; if it failed, its error is raised (the
+        query's failure it caused is only a consequence).
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
+            self._prepared = pool.submit(self.prepare)
+            try:
+                yield
+            except BaseException:
+                error = self._prepared.exception()  # waits for the start-up to end
+                if error is not None:
+                    raise error from None
+                raise
+            self._prepared.result()
+
+    def wait_prepared(self) -> None:
+        """Block until a start-up running beside the query is done; raise its error."""
+        if self._prepared is not None:
+            self._prepared.result()
 
     def prepare(self) -> None:
         """Create the tables and bring the dimensions (and what depends on them) up to date."""
@@ -232,6 +260,7 @@ class Pipeline:
 
     def process_batch(self, batch_df: DataFrame, batch_id: int) -> None:
         """foreachBatch handler; any exception fails the query (the batch is replayed on restart)."""
+        self.wait_prepared()
         with self.lock:
             self._process(batch_df, batch_id)
 

@@ -177,6 +177,7 @@ def _dimension_watch(pipeline: Pipeline, stop: StopSignal) -> Iterator[None]:
         nonlocal next_maintenance
         while not done.wait(pipeline.cfg.dims_check_seconds):
             try:
+                pipeline.wait_prepared()
                 pipeline.refresh_dimensions()
                 if every > 0 and time.monotonic() >= next_maintenance:
                     pipeline.maintain()
@@ -270,9 +271,10 @@ def _run_locked(
         pipeline = Pipeline(spark, cfg)
         pipeline.raise_at = raise_at
         try:
-            pipeline.prepare()
-            if not stop.stopping:
-                MODES[cfg.trigger](spark, cfg, pipeline, stop)
+            # the lake's start-up runs beside the query's start (listing, planning)
+            with pipeline.preparing():
+                if not stop.stopping:
+                    MODES[cfg.trigger](spark, cfg, pipeline, stop)
         except DimensionError as exc:
             raise PipelineError(str(exc)) from exc
         log.info("done: %d batch(es) in %.1f s", len(pipeline.batches), time.monotonic() - started)
