@@ -33,6 +33,11 @@ CRASH_ENV = "SMART_METER_CRASH_AT"  # test hook: kill the process at a named poi
 CRASH_POINTS = ("after_raw", "after_staging", "mid_presentation")
 
 
+class StopRequested(RuntimeError):
+    """A batch was about to begin after a stop had been requested: it is not begun
+    (nothing is written, the checkpoint replays it on the next run)."""
+
+
 class SimulatedCrash(RuntimeError):
     """Raised at a crash point by in-process tests (`Pipeline.raise_at`)."""
 
@@ -66,6 +71,7 @@ class Pipeline:
         self.rules = expectations.load_expectations(cfg.expectations)
         self.phases: dict[str, float] = {}  # seconds per phase of the batch (or start-up) in hand
         self._prepared: Future[None] | None = None  # `preparing()`: the start-up running beside the query
+        self.stop_event: threading.Event | None = None  # set when the service is asked to stop
 
     def _timed_call(self, phase: str, func: Callable[..., None], *args: Any) -> None:
         with self.timed(phase):
@@ -83,23 +89,33 @@ class Pipeline:
     # ------------------------------------------------------------ dimensions
 
     @contextmanager
-    def preparing(self) -> Iterator[None]:
+    def preparing(self, stop_event: threading.Event) -> Iterator[None]:
         """Run `prepare()` in a thread while the block starts the query.
 
         The query's start (checkpoint, listing the folder, planning the first
         batch) overlaps the lake's start-up, which is mostly the first Delta
         commits of a cold JVM. Every batch and dimension check waits for the
-        start-up first (`wait_prepared`), so none sees a half-ready lake. Leaving
-        the block waits for the start-up; if it failed, its error is raised (the
-        query's failure it caused is only a consequence).
+        start-up first (`wait_prepared`), so none sees a half-ready lake. A
+        failed start-up sets `stop_event`, so a service with nothing to process
+        stops at once; leaving the block waits for the start-up and raises its
+        error (a query failure it caused is only a consequence, and is logged).
         """
+        self.stop_event = stop_event
+
+        def stop_on_failure(done: Future[None]) -> None:
+            if done.exception() is not None:
+                stop_event.set()
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
             self._prepared = pool.submit(self.prepare)
+            self._prepared.add_done_callback(stop_on_failure)
             try:
                 yield
-            except BaseException:
+            except BaseException as query_error:
                 error = self._prepared.exception()  # waits for the start-up to end
                 if error is not None:
+                    if not isinstance(query_error, type(error)) or str(error) not in str(query_error):
+                        log.warning("the query failed beside the failed start-up: %s", query_error)
                     raise error from None
                 raise
             self._prepared.result()
@@ -261,6 +277,9 @@ class Pipeline:
     def process_batch(self, batch_df: DataFrame, batch_id: int) -> None:
         """foreachBatch handler; any exception fails the query (the batch is replayed on restart)."""
         self.wait_prepared()
+        if self.stop_event is not None and self.stop_event.is_set():
+            # asked to stop while the start-up ran: do not begin a (perhaps long) batch
+            raise StopRequested(f"batch {batch_id} not begun: a stop was requested")
         with self.lock:
             self._process(batch_df, batch_id)
 

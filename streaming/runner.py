@@ -133,10 +133,23 @@ def await_query(query: StreamingQuery, stop: StopSignal, poll_seconds: float = 0
             # pyspark takes seconds and converts with int(timeout * 1000)
             query.awaitTermination(poll_seconds)  # type: ignore[arg-type]
     except StreamingQueryException as exc:
+        if _stopped_before_a_batch(exc, stop):
+            return
         raise PipelineError(f"streaming query failed: {_first_line(exc)}") from exc
     error = query.exception()
     if error is not None:
+        if _stopped_before_a_batch(error, stop):
+            return
         raise PipelineError(f"streaming query failed: {_first_line(error)}")
+
+
+def _stopped_before_a_batch(error: BaseException, stop: StopSignal) -> bool:
+    """The query ended because a batch refused to begin after a stop request (a clean stop)."""
+    text = getattr(error, "desc", None) or str(error)
+    if stop.stopping and "StopRequested: " in text:
+        log.info("stopped before the next batch began (it is replayed on the next run)")
+        return True
+    return False
 
 
 def _first_line(error: BaseException) -> str:
@@ -272,7 +285,7 @@ def _run_locked(
         pipeline.raise_at = raise_at
         try:
             # the lake's start-up runs beside the query's start (listing, planning)
-            with pipeline.preparing():
+            with pipeline.preparing(stop.event):
                 if not stop.stopping:
                     MODES[cfg.trigger](spark, cfg, pipeline, stop)
         except DimensionError as exc:

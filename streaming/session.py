@@ -39,26 +39,7 @@ def build_session(cfg: Config, master: str | None = None, archive_to: Path | Non
     if master:
         settings["spark.master"] = master
     jars = cached_delta_jars()
-    if jars:
-        # Delta's own jars on the driver's class path too (spark.jars still ships
-        # them to executors): classes of the application class loader can be
-        # archived below, those of Spark's added-jars loader cannot
-        settings["spark.driver.extraClassPath"] = os.pathsep.join(
-            p for p in (settings.get("spark.driver.extraClassPath", ""), *driver_class_path(jars)) if p
-        )
-    archive = class_archive(jars)
-    if archive is not None or archive_to is not None:
-        # the driver JVM maps Spark's and Delta's classes from the archive `make
-        # setup` dumped (class-data sharing) instead of loading them one by one;
-        # an archive the JVM cannot use is ignored (start-up is just slower)
-        option = (
-            f"-XX:ArchiveClassesAtExit={archive_to}"
-            if archive_to is not None
-            else f"-XX:SharedArchiveFile={archive}"
-        )
-        settings["spark.driver.extraJavaOptions"] = " ".join(
-            o for o in (settings.get("spark.driver.extraJavaOptions", ""), option, *_QUIET_CDS) if o
-        )
+    settings = driver_settings(settings, jars, class_archive(jars), archive_to)
     for key, value in settings.items():
         builder = builder.config(key, value)
     if jars:
@@ -89,6 +70,37 @@ def cached_delta_jars() -> list[str]:
     if not jars or not all(Path(j.removeprefix("file:")).is_file() for j in jars):
         return []
     return jars
+
+
+def driver_settings(
+    settings: dict[str, str], jars: list[str], archive: Path | None, archive_to: Path | None = None
+) -> dict[str, str]:
+    """`settings` with the driver JVM's class path and class-data options added.
+
+    Delta's own jars go on the driver's class path too (spark.jars still ships
+    them to executors): classes of the application class loader can be
+    archived, those of Spark's added-jars loader cannot. With an archive the JVM
+    maps Spark's and Delta's classes instead of loading them one by one; one it
+    cannot use is ignored (start-up is just slower). Options set in conf/ are
+    kept, ours go after them; a path is quoted, as Spark splits the options on
+    white space.
+    """
+    out = dict(settings)
+    if jars:
+        out["spark.driver.extraClassPath"] = os.pathsep.join(
+            p for p in (settings.get("spark.driver.extraClassPath", ""), *driver_class_path(jars)) if p
+        )
+    if archive_to is not None:
+        # dumping: warnings (classes that cannot be archived) stay quiet, errors show
+        options = [f'"-XX:ArchiveClassesAtExit={archive_to}"', "-Xlog:cds=error", "-Xlog:cds+dynamic=error"]
+    elif archive is not None:
+        options = [f'"-XX:SharedArchiveFile={archive}"', *_QUIET_CDS]
+    else:
+        return out
+    out["spark.driver.extraJavaOptions"] = " ".join(
+        o for o in (settings.get("spark.driver.extraJavaOptions", ""), *options) if o
+    )
+    return out
 
 
 # artifacts of the Delta resolution that Spark does not ship (the others are
@@ -126,10 +138,14 @@ def _archive_key(jars: list[str]) -> str:
 
     import pyspark
 
-    # the java spark-submit runs: $JAVA_HOME/bin/java, else the one on PATH
+    # the java spark-submit runs: $JAVA_HOME/bin/java, else the one on PATH (its
+    # time and size change when the JDK is upgraded in place)
     home = os.environ.get("JAVA_HOME")
     java = shutil.which("java", path=os.path.join(home, "bin")) if home else shutil.which("java")
-    parts = [pyspark.__version__, os.path.realpath(java) if java else "", *jars]
+    binary = os.path.realpath(java) if java else ""
+    stat = os.stat(binary) if binary else None
+    stamp = f"{binary} {stat.st_mtime_ns} {stat.st_size}" if stat else ""
+    parts = [pyspark.__version__, stamp, *jars]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -158,10 +174,14 @@ def write_class_archive() -> Path:
     archive = _archive_path()
     partial = archive.with_suffix(".jsa.partial")
     partial.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     subprocess.run(
         [sys.executable, "-m", "streaming.session", "--dump-classes", str(partial)],
         check=True,
         cwd=tempfile.gettempdir(),
+        env=env,
+        timeout=900,
     )
     if not partial.is_file():
         raise RuntimeError(f"the JVM wrote no class archive at {partial}")
@@ -234,4 +254,14 @@ if __name__ == "__main__":
     session.stop()
     if class_archive(cached_delta_jars()) is None and not os.environ.get("SMART_METER_NO_CLASS_ARCHIVE"):
         print("writing the class-data archive of the driver JVM (faster start-up; about a minute)")
-        print(f"class-data archive: {write_class_archive()}")
+        import subprocess
+
+        try:
+            print(f"class-data archive: {write_class_archive()}")
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            # an optional speed-up: the pipeline runs the same without it
+            print(
+                f"WARNING: no class-data archive written ({exc}); Spark starts without it "
+                "(a few seconds slower). Run `.venv/bin/python -m streaming.session` to try again.",
+                file=sys.stderr,
+            )

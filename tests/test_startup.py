@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from datetime import date
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from conftest import ROOT, make_config
 from pyspark.sql import SparkSession
 
 from streaming import runner, session
@@ -60,10 +67,7 @@ def test_a_database_without_a_table_fails_the_run_with_its_own_one_line_error(
     spark: SparkSession, tmp_path: Path
 ) -> None:
     write_sample(tmp_path / "data", SPEC)
-    db = tmp_path / "broken.db"
-    shutil.copy(tmp_path / "data" / "case_study.db", db)
-    with sqlite3.connect(db) as conn:
-        conn.execute("DROP TABLE product")
+    db = _broken_db(tmp_path)
     cfg = make_config(tmp_path, readings=tmp_path / "data" / "readings", db=db)
 
     with pytest.raises(runner.PipelineError) as failed:
@@ -76,6 +80,125 @@ def test_a_database_without_a_table_fails_the_run_with_its_own_one_line_error(
     staging = Path(cfg.lake) / "staging" / "readings"
     assert not list(staging.glob("**/*.parquet")), "a batch wrote staging without dimensions"
     assert not (Path(cfg.readings_checkpoint) / "commits" / "0").exists()
+
+
+def _broken_db(tmp_path: Path) -> Path:
+    db = tmp_path / "broken.db"
+    shutil.copy(tmp_path / "data" / "case_study.db", db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE product")
+    return db
+
+
+def test_a_failed_start_up_stops_a_service_that_has_nothing_to_process(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    write_sample(tmp_path / "data", SPEC)
+    db = _broken_db(tmp_path)
+    empty = tmp_path / "empty"
+    cfg = make_config(tmp_path, readings=empty, db=db)
+    # no batch will run and the dimension check is an hour away: only the
+    # start-up's own failure can end the service
+    cfg = dataclasses.replace(cfg, trigger="processing-time", dims_check_seconds=3600.0)
+    # a guard, not a timing: a service that ignored its failed start-up would run
+    # for an hour; the guard stops it and the test fails
+    fired = threading.Event()
+
+    def stop_it() -> None:
+        fired.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    guard = threading.Timer(120, stop_it)
+    guard.start()
+    try:
+        with pytest.raises(runner.PipelineError, match="has no table 'product'"):
+            runner.run(cfg, spark=spark)
+    finally:
+        guard.cancel()
+    assert not fired.is_set(), "the service kept running after its start-up failed"
+
+
+def test_a_stop_during_the_start_up_ends_the_run_before_the_first_batch_begins(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = write_sample(tmp_path / "data", SPEC)
+    data = tmp_path / "data"
+    cfg = make_config(tmp_path, readings=data / "readings", db=data / "case_study.db")
+    prepare = Pipeline.prepare
+
+    def prepare_then_sigterm(self: Pipeline) -> None:
+        # SIGTERM arrives while the lake starts up and batch 0 is being planned
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2)
+        prepare(self)
+
+    monkeypatch.setattr(Pipeline, "prepare", prepare_then_sigterm)
+    stopped = runner.run(cfg, spark=spark)  # a clean stop: no exception
+
+    assert stopped.batches == []
+    staging = Path(cfg.lake) / "staging" / "readings"
+    assert not list(staging.glob("**/*.parquet"))
+    assert not (Path(cfg.readings_checkpoint) / "commits" / "0").exists()
+
+    monkeypatch.setattr(Pipeline, "prepare", prepare)
+    resumed = runner.run(cfg, spark=spark)  # the next run processes the files
+    assert len(resumed.batches) == 1
+    staged = spark.read.format("delta").load(f"{cfg.lake}/staging/readings").count()
+    assert staged == sum(d["readings"] for d in summary["dates"].values())
+
+
+def test_driver_options_keep_the_configured_ones_and_quote_the_archive_path() -> None:
+    jars = ["file:///ivy/jars/io.delta_delta-spark_4.2_2.13-4.4.0.jar"]
+    configured = {
+        "spark.driver.extraJavaOptions": "-Dmine=1",
+        "spark.driver.extraClassPath": "/opt/mine.jar",
+    }
+    archive = Path("/a b/spark-classes.jsa")
+
+    used = session.driver_settings(configured, jars, archive)
+    assert used["spark.driver.extraJavaOptions"] == (
+        '-Dmine=1 "-XX:SharedArchiveFile=/a b/spark-classes.jsa" -Xlog:cds=off -Xlog:cds+dynamic=off'
+    )
+    assert (
+        used["spark.driver.extraClassPath"]
+        == "/opt/mine.jar:/ivy/jars/io.delta_delta-spark_4.2_2.13-4.4.0.jar"
+    )
+
+    dumping = session.driver_settings({}, jars, None, archive_to=Path("/x/new.jsa"))
+    assert dumping["spark.driver.extraJavaOptions"].startswith('"-XX:ArchiveClassesAtExit=/x/new.jsa"')
+
+    assert session.driver_settings(configured, jars, None) == {
+        **configured,
+        "spark.driver.extraClassPath": used["spark.driver.extraClassPath"],
+    }
+    assert session.driver_settings(configured, [], None) == configured  # jars not resolved yet
+
+
+def test_a_driver_jvm_started_the_way_the_pipeline_starts_it_maps_the_archive_if_there_is_one() -> None:
+    """In a fresh JVM with -Xshare:on, which refuses to start when the archive
+    cannot be mapped; without an archive (setup could not write one), the plain
+    start is checked instead."""
+    archive = session.class_archive(session.cached_delta_jars())
+    options = "-Xshare:on" if archive is not None else ""
+    script = (
+        "import json, sys; from streaming.config import load_config; "
+        "from streaming.session import build_session; "
+        "spark = build_session(load_config(spark={'spark.master': 'local[1]', "
+        f"'spark.driver.extraJavaOptions': {options!r}}})); "
+        "conf = spark.sparkContext.getConf(); "
+        "print(json.dumps([spark.range(3).count(), conf.get('spark.driver.extraJavaOptions')])); "
+        "spark.stop()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    count, java_options = json.loads(done.stdout.strip().splitlines()[-1])
+    assert count == 3
+    if archive is not None:
+        assert f'-Xshare:on "-XX:SharedArchiveFile={archive}"' in java_options
+    else:
+        assert "SharedArchiveFile" not in (java_options or "")
 
 
 def test_only_jars_spark_does_not_ship_go_on_the_driver_class_path() -> None:
