@@ -14,6 +14,7 @@ import threading
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT, make_config
@@ -21,17 +22,28 @@ from pyspark.sql import SparkSession
 
 from streaming import runner, session
 from streaming.batch import Pipeline
+from streaming.config import Config
 from streaming.generator import SampleSpec, write_sample
 
 SPEC = SampleSpec(meterpoints=6, days=1, start=date(2021, 1, 1))
 
 
+def _sample_run(tmp_path: Path) -> tuple[dict[str, Any], Config]:
+    """A small generated sample and a config reading it into a lake under `tmp_path`."""
+    data = tmp_path / "data"
+    summary = write_sample(data, SPEC)
+    return summary, make_config(tmp_path, readings=data / "readings", db=data / "case_study.db")
+
+
+def _all_staged(spark: SparkSession, cfg: Config, summary: dict[str, Any]) -> bool:
+    staged = spark.read.format("delta").load(f"{cfg.lake}/staging/readings").count()
+    return bool(staged == sum(d["readings"] for d in summary["dates"].values()))
+
+
 def test_the_first_batch_waits_for_the_start_up_that_runs_beside_the_query_start(
     spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    summary = write_sample(tmp_path / "data", SPEC)
-    data = tmp_path / "data"
-    cfg = make_config(tmp_path, readings=data / "readings", db=data / "case_study.db")
+    summary, cfg = _sample_run(tmp_path)
     events: dict[str, float] = {}
     prepare, process, start_query = Pipeline.prepare, Pipeline._process, runner.start_query
 
@@ -59,8 +71,7 @@ def test_the_first_batch_waits_for_the_start_up_that_runs_beside_the_query_start
     assert events["prepare_started"] < events["query_started"] < events["prepare_done"]
     assert events["batch_started"] >= events["prepare_done"]
     assert len(pipeline.batches) == 1
-    staged = spark.read.format("delta").load(f"{cfg.lake}/staging/readings").count()
-    assert staged == sum(d["readings"] for d in summary["dates"].values())
+    assert _all_staged(spark, cfg, summary)
 
 
 def test_a_database_without_a_table_fails_the_run_with_its_own_one_line_error(
@@ -121,9 +132,7 @@ def test_a_failed_start_up_stops_a_service_that_has_nothing_to_process(
 def test_a_stop_during_the_start_up_ends_the_run_before_the_first_batch_begins(
     spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    summary = write_sample(tmp_path / "data", SPEC)
-    data = tmp_path / "data"
-    cfg = make_config(tmp_path, readings=data / "readings", db=data / "case_study.db")
+    summary, cfg = _sample_run(tmp_path)
     prepare = Pipeline.prepare
 
     def prepare_then_sigterm(self: Pipeline) -> None:
@@ -143,8 +152,7 @@ def test_a_stop_during_the_start_up_ends_the_run_before_the_first_batch_begins(
     monkeypatch.setattr(Pipeline, "prepare", prepare)
     resumed = runner.run(cfg, spark=spark)  # the next run processes the files
     assert len(resumed.batches) == 1
-    staged = spark.read.format("delta").load(f"{cfg.lake}/staging/readings").count()
-    assert staged == sum(d["readings"] for d in summary["dates"].values())
+    assert _all_staged(spark, cfg, summary)
 
 
 def test_driver_options_keep_the_configured_ones_and_quote_the_archive_path() -> None:
