@@ -114,7 +114,7 @@ class Pipeline:
             except BaseException as query_error:
                 error = self._prepared.exception()  # waits for the start-up to end
                 if error is not None:
-                    if not isinstance(query_error, type(error)) or str(error) not in str(query_error):
+                    if str(error) not in str(query_error):  # not merely its consequence
                         log.warning("the query failed beside the failed start-up: %s", query_error)
                     raise error from None
                 raise
