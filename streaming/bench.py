@@ -201,6 +201,13 @@ def place_file(source: Path, folder: Path) -> float:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> tuple[int, int]:
+    """(parent pid, CPU ticks used: utime + stime) of a live process (OSError once it is gone)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
 def _proc_table() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, CPU ticks used: utime + stime) of every process."""
     table: dict[int, tuple[int, int]] = {}
@@ -208,11 +215,9 @@ def _proc_table() -> dict[int, tuple[int, int]]:
         if not entry.name.isdigit():
             continue
         try:
-            text = Path(f"/proc/{entry.name}/stat").read_text()
+            table[int(entry.name)] = _stat(int(entry.name))
         except OSError:
             continue
-        fields = text[text.rindex(")") + 2 :].split()
-        table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
     return table
 
 
@@ -344,6 +349,11 @@ class TreeMemory:
             "sample_interval_s": self.interval,
             "cpu_s_sampled": round(self.cpu_seconds, 1),
         }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (utime + stime) used so far by one process (not its children)."""
+    return _stat(pid)[1] / CLOCK_TICKS
 
 
 def tree_cpu_seconds(root: int) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from streaming.bench import process_cpu_seconds
 from streaming.config import load_config
 from streaming.session import build_session
 
@@ -41,8 +41,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="delta-op-costs-")
 
     def jvm_cpu() -> float:
-        fields = Path(f"/proc/{jvm}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(jvm)
 
     def rows(n: int, day: int) -> DataFrame:
         return spark.range(n).select(

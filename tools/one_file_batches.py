@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streaming import runner
-from streaming.bench import SEED, START, meterpoint_ids, write_day
+from streaming.bench import SEED, START, meterpoint_ids, process_cpu_seconds, write_day
 from streaming.config import load_config
 from streaming.generator import write_dimensions
 from streaming.session import build_session
@@ -67,8 +67,7 @@ def main() -> None:
         jvm = int(spark.sparkContext._jvm.ProcessHandle.current().pid())  # type: ignore[union-attr]
 
         def jvm_cpu() -> float:
-            fields = Path(f"/proc/{jvm}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return process_cpu_seconds(jvm)
 
         runner.run(cfg, spark=spark)  # the initial day
         if args.jfr:
