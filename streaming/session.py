@@ -31,9 +31,7 @@ def build_session(cfg: Config, master: str | None = None, archive_to: Path | Non
     # and import this package, wherever the driver was started from.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if str(PROJECT_ROOT) not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *paths])
+    os.environ["PYTHONPATH"] = python_path_with_project(os.environ.get("PYTHONPATH", ""))
     builder = SparkSession.builder
     settings = {**cfg.spark, **DELTA_SETTINGS, "spark.sql.session.timeZone": "UTC"}
     if master:
@@ -59,6 +57,14 @@ def build_session(cfg: Config, master: str | None = None, archive_to: Path | Non
 def _jar_manifest() -> Path:
     # beside the interpreter: one manifest per virtual environment, never committed
     return Path(sys.prefix) / "delta-jars.txt"
+
+
+def python_path_with_project(python_path: str) -> str:
+    """A PYTHONPATH value that puts the project (the `streaming` package) first."""
+    paths = [p for p in python_path.split(os.pathsep) if p]
+    if str(PROJECT_ROOT) in paths:
+        return python_path
+    return os.pathsep.join([str(PROJECT_ROOT), *paths])
 
 
 def cached_delta_jars() -> list[str]:
@@ -174,8 +180,7 @@ def write_class_archive() -> Path:
     archive = _archive_path()
     partial = archive.with_suffix(".jsa.partial")
     partial.unlink(missing_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": python_path_with_project(os.environ.get("PYTHONPATH", ""))}
     subprocess.run(
         [sys.executable, "-m", "streaming.session", "--dump-classes", str(partial)],
         check=True,
