@@ -22,7 +22,7 @@ from pyspark.sql import SparkSession
 
 from streaming import runner, session
 from streaming.batch import Pipeline
-from streaming.config import Config
+from streaming.config import Config, load_config
 from streaming.generator import SampleSpec, write_sample
 
 SPEC = SampleSpec(meterpoints=6, days=1, start=date(2021, 1, 1))
@@ -182,27 +182,35 @@ def test_driver_options_keep_the_configured_ones_and_quote_the_archive_path() ->
     assert session.driver_settings(configured, [], None) == configured  # jars not resolved yet
 
 
-def test_a_driver_jvm_started_the_way_the_pipeline_starts_it_maps_the_archive_if_there_is_one() -> None:
+def test_a_driver_jvm_started_as_the_pipeline_starts_it_maps_the_archive_and_gets_the_jit_settings() -> None:
     """In a fresh JVM with -Xshare:on, which refuses to start when the archive
     cannot be mapped; without an archive (setup could not write one), the plain
-    start is checked instead."""
+    start is checked instead. The JIT thresholds of conf/pipeline.toml are in
+    force in that JVM (read back from the JVM itself)."""
     archive = session.class_archive(session.cached_delta_jars())
-    options = "-Xshare:on" if archive is not None else ""
+    configured = load_config().spark["spark.driver.extraJavaOptions"]
+    assert "-XX:Tier4InvocationThreshold=150000" in configured
+    options = f"{configured} -Xshare:on" if archive is not None else configured
     script = (
         "import json, sys; from streaming.config import load_config; "
         "from streaming.session import build_session; "
         "spark = build_session(load_config(spark={'spark.master': 'local[1]', "
         f"'spark.driver.extraJavaOptions': {options!r}}})); "
         "conf = spark.sparkContext.getConf(); "
-        "print(json.dumps([spark.range(3).count(), conf.get('spark.driver.extraJavaOptions')])); "
+        "jvm = spark.sparkContext._jvm; "
+        "bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean("
+        "jvm.java.lang.Class.forName('com.sun.management.HotSpotDiagnosticMXBean')); "
+        "tier4 = bean.getVMOption('Tier4InvocationThreshold').getValue(); "
+        "print(json.dumps([spark.range(3).count(), conf.get('spark.driver.extraJavaOptions'), tier4])); "
         "spark.stop()"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    count, java_options = json.loads(done.stdout.strip().splitlines()[-1])
+    count, java_options, tier4 = json.loads(done.stdout.strip().splitlines()[-1])
     assert count == 3
+    assert tier4 == "150000"  # the JVM's default is 5000
     if archive is not None:
         assert f'-Xshare:on "-XX:SharedArchiveFile={archive}"' in java_options
     else:

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streaming import runner
-from streaming.bench import SEED, START, meterpoint_ids, process_cpu_seconds, write_day
+from streaming.bench import SEED, START, jvm_thread_cpu, meterpoint_ids, process_cpu_seconds, write_day
 from streaming.config import load_config
 from streaming.generator import write_dimensions
 from streaming.session import build_session
@@ -77,14 +77,15 @@ def main() -> None:
         walls, cpus = [], []
         for source in sources:
             place(source, root / "readings")
-            cpu, wall = jvm_cpu(), time.monotonic()
+            cpu, roles, wall = jvm_cpu(), jvm_thread_cpu(jvm), time.monotonic()
             pipeline = runner.run(cfg, spark=spark)
             walls.append(time.monotonic() - wall)
             cpus.append(jvm_cpu() - cpu)
+            by_role = {r: round(s - roles.get(r, 0.0), 1) for r, s in sorted(jvm_thread_cpu(jvm).items())}
             line = pipeline.batches[-1]
             print(
-                f"run {walls[-1]:.2f} s, JVM CPU {cpus[-1]:.2f} s, batch {line['duration_s']} s, "
-                f"phases {json.dumps(line['phases_s'])}",
+                f"run {walls[-1]:.2f} s, JVM CPU {cpus[-1]:.2f} s {json.dumps(by_role)}, "
+                f"batch {line['duration_s']} s, phases {json.dumps(line['phases_s'])}",
                 flush=True,
             )
         if args.jfr:
