@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
+from json.encoder import encode_basestring_ascii
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -80,6 +81,27 @@ def _to_json(value: Any) -> str:
 
 class JsonNumber(str):
     """A JSON number (or NaN/Infinity literal) kept as its source text."""
+
+
+def delivered_and_json(row: list[Any]) -> tuple[list[str | None], str]:
+    """A row's values as delivered (`as_delivered`) and the row as compact JSON
+    (`to_json`), in one pass; numbers and strings, nearly every value, take a
+    short path (`json.dumps` of a string is `encode_basestring_ascii`)."""
+    delivered: list[str | None] = []
+    parts: list[str] = []
+    for value in row:
+        kind = type(value)
+        if kind is JsonNumber:
+            text = str.__str__(value)
+            delivered.append(text)
+            parts.append(text)
+        elif kind is str:
+            delivered.append(value)
+            parts.append(encode_basestring_ascii(value))
+        else:
+            delivered.append(as_delivered(value))
+            parts.append(to_json(value))
+    return delivered, "[" + ",".join(parts) + "]"
 
 
 def load_json(content: bytes) -> tuple[Any, str | None]:
@@ -295,10 +317,10 @@ def _parse_row(
 ) -> None:
     """Append row `i` of a file to `out`, valid or with the reason it is rejected."""
     width = len(columns)
-    delivered = [as_delivered(v) for v in row]
+    delivered, row_json = delivered_and_json(row)
     out.row_index.append(i)
     out.values.append(list(zip(columns, delivered + [None] * (width - len(row)), strict=False)))
-    out.row_json.append("[" + ",".join(to_json(v) for v in row) + "]")
+    out.row_json.append(row_json)
     reason: str | None = None
     meterpoint = utc_us = local_us = kwh = None
     if len(row) != width:

@@ -512,3 +512,23 @@ def test_every_row_is_reported_in_file_order_with_its_index() -> None:
     for i in (1, 2, 3):
         assert parsed.interval_start_us[i] is None
         assert parsed.consumption_kwh[i] is None
+
+
+def test_the_one_pass_row_texts_equal_the_value_by_value_rules() -> None:
+    """`delivered_and_json` is a faster path: it must give exactly what
+    `as_delivered` and `to_json` give, value by value, for every kind of value."""
+    from streaming.parsing import as_delivered, delivered_and_json, load_json, to_json
+
+    doc, error = load_json(
+        b'{"rows": [["MP1", "2021-01-01 00:00:00", 0.5], [1e3, -0, 1.50, NaN, -Infinity], '
+        b'[true, false, null, "", "caf\\u00e9 \\"q\\" \\\\ \\n \\ud83d\\ude00"], '
+        b'[[1, [2.0, "x"]], {"a": 1, "b\\"": [null, {"c": "d"}]}, {}], []]}'
+    )
+    assert error is None
+    for row in doc["rows"]:
+        expected = ([as_delivered(v) for v in row], "[" + ",".join(to_json(v) for v in row) + "]")
+        assert delivered_and_json(row) == expected
+    assert delivered_and_json(doc["rows"][1]) == (
+        ["1e3", "-0", "1.50", "NaN", "-Infinity"],
+        "[1e3,-0,1.50,NaN,-Infinity]",
+    )
