@@ -24,6 +24,7 @@ memory at several sizes can be compared) plus a chart `<out>/benchmarks.png`:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -289,6 +290,7 @@ class TreeMemory:
         self.samples = 0
         self.cpu_ticks: dict[int, int] = {}
         self._pss_of: dict[int, int] = {}
+        self.jvm_roles: dict[str, float] = {}  # the JVM's CPU by thread role, last read
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
@@ -331,6 +333,9 @@ class TreeMemory:
             if pid not in self._pss_of or self.samples % self.PSS_EVERY == 0:
                 self._pss_of[pid] = _pss(pid)
             pss += self._pss_of[pid]
+            if name == "java" and self.samples % self.PSS_EVERY == 0:
+                with contextlib.suppress(OSError):  # the JVM exited meanwhile: keep the last read
+                    self.jvm_roles = jvm_thread_cpu(pid)
             if pid == self.root:
                 parts["python_driver"] += rss
             elif name == "java":
@@ -359,6 +364,9 @@ class TreeMemory:
             "sample_interval_s": self.interval,
             "pss_every_n_samples": self.PSS_EVERY,
             "cpu_s_sampled": round(self.cpu_seconds, 1),
+            # threads that live as long as the JVM (the JIT compilers, GC) are exact
+            # to the last read; task and driver threads come and go
+            "jvm_cpu_by_role_s": {k: round(v, 1) for k, v in sorted(self.jvm_roles.items())},
         }
 
 
@@ -966,6 +974,17 @@ def figures(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(
             ("backfill CPU time (tree)", f"{b['cpu_s']:.0f} s ({b['cpu_utilisation']:.0%} of cores)", "", "")
         )
+        roles = b["memory"].get("jvm_cpu_by_role_s") or {}
+        if roles:
+            rows.append(
+                (
+                    "of which JVM: JIT compilers, GC",
+                    f"C2 {roles.get('jit_c2', 0):.1f} s + C1 {roles.get('jit_c1', 0):.1f} s, "
+                    f"GC {roles.get('gc', 0):.1f} s (read once a second, to the last read)",
+                    "",
+                    "",
+                )
+            )
         parts = b["memory"]["peak_parts_mb"]
         rows.append(
             (
