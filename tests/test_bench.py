@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from pyspark.sql import SparkSession
 
 from streaming import bench
@@ -16,24 +17,29 @@ def test_jvm_thread_cpu_splits_the_jvms_cpu_by_thread_role(spark: SparkSession) 
     jvm = int(spark.sparkContext._jvm.ProcessHandle.current().pid())  # type: ignore[union-attr]
 
     roles = bench.jvm_thread_cpu(jvm)
-    total = bench.process_cpu_seconds(jvm)
 
     assert set(roles) <= {"jit_c2", "jit_c1", "tasks", "gc", "other"}
-    assert {"jit_c1", "jit_c2", "other"} <= set(roles)  # a JVM that has run queries has compiled code
+    # a JVM that has run queries has compiled code and kept its task threads
+    assert {"jit_c1", "jit_c2", "tasks", "other"} <= set(roles)
     assert all(seconds >= 0 for seconds in roles.values())
-    # live threads only, each read after the process total: never more than the process used
-    assert sum(roles.values()) <= bench.process_cpu_seconds(jvm) + 0.05
+    # live threads only, read before the process total: never more than the process used
+    total = bench.process_cpu_seconds(jvm)
+    assert sum(roles.values()) <= total + 0.05
     assert sum(roles.values()) > 0.2 * total
 
 
-def test_tree_memory_reads_pss_every_nth_sample_and_reuses_it_between() -> None:
+def test_tree_memory_reads_pss_every_nth_sample_and_estimates_it_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", "import time; x = bytearray(64 * 2**20); time.sleep(30)"],
     )
     try:
-        deadline = time.monotonic() + 20
         memory = bench.TreeMemory(child.pid)
-        while memory.peak < 64 * 2**20 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 20
+        while memory.peak < 64 * 2**20:
+            assert time.monotonic() < deadline, "the child never reached 64 MB"
+            time.sleep(0.05)
             memory.sample()
         reads: list[int] = []
         real_pss = bench._pss
@@ -42,15 +48,17 @@ def test_tree_memory_reads_pss_every_nth_sample_and_reuses_it_between() -> None:
             reads.append(pid)
             return real_pss(pid)
 
-        bench._pss = counting_pss  # type: ignore[assignment]
-        try:
-            before = memory.samples
-            for _ in range(2 * memory.PSS_EVERY):
-                memory.sample()
-        finally:
-            bench._pss = real_pss  # type: ignore[assignment]
-        sampled = range(before, before + 2 * memory.PSS_EVERY)
-        assert reads == [child.pid] * sum(1 for n in sampled if n % memory.PSS_EVERY == 0) == [child.pid] * 2
+        monkeypatch.setattr(bench, "_pss", counting_pss)
+        between: list[int] = []
+        first = memory.samples
+        for n in range(first, first + 2 * memory.PSS_EVERY):
+            memory.sample()
+            if n % memory.PSS_EVERY:
+                between.append(memory.last_pss)
+        # two reads in ten samples, and the samples between them still count the child
+        assert reads == [child.pid, child.pid]
+        assert len(between) == 2 * memory.PSS_EVERY - 2
+        assert all(pss >= 64 * 2**20 for pss in between)
         summary = memory.summary()
         assert summary["peak_rss_mb"] >= 64
         assert 64 <= summary["peak_pss_mb"] <= summary["peak_rss_mb"]

@@ -517,7 +517,7 @@ def test_every_row_is_reported_in_file_order_with_its_index() -> None:
 def test_the_one_pass_row_texts_equal_the_value_by_value_rules() -> None:
     """`delivered_and_json` is a faster path: it must give exactly what
     `as_delivered` and `to_json` give, value by value, for every kind of value."""
-    from streaming.parsing import as_delivered, delivered_and_json, load_json, to_json
+    from streaming.parsing import JsonNumber, as_delivered, delivered_and_json, load_json, to_json
 
     doc, error = load_json(
         b'{"rows": [["MP1", "2021-01-01 00:00:00", 0.5], [1e3, -0, 1.50, NaN, -Infinity], '
@@ -525,9 +525,17 @@ def test_the_one_pass_row_texts_equal_the_value_by_value_rules() -> None:
         b'[[1, [2.0, "x"]], {"a": 1, "b\\"": [null, {"c": "d"}]}, {}], []]}'
     )
     assert error is None
-    for row in doc["rows"]:
+
+    class Text(str):
+        """A str subclass other than JsonNumber takes the general path."""
+
+    deep: list[object] = ["x"]
+    for _ in range(5000):  # deeper than the recursive writer goes
+        deep = [deep]
+    for row in [*doc["rows"], [Text("a\u00e9"), JsonNumber("2")], [deep, "y"]]:
         expected = ([as_delivered(v) for v in row], "[" + ",".join(to_json(v) for v in row) + "]")
         assert delivered_and_json(row) == expected
+    assert delivered_and_json([deep, "y"])[1] == '["<value nested too deeply>","y"]'
     assert delivered_and_json(doc["rows"][1]) == (
         ["1e3", "-0", "1.50", "NaN", "-Infinity"],
         "[1e3,-0,1.50,NaN,-Infinity]",

@@ -81,6 +81,9 @@ def main() -> None:
             pipeline = runner.run(cfg, spark=spark)
             walls.append(time.monotonic() - wall)
             cpus.append(jvm_cpu() - cpu)
+            # live threads only: the JIT and GC threads are exact; task and driver
+            # threads that ended during the run drop out (their share can even
+            # come out negative), which the JVM's total still counts
             by_role = {r: round(s - roles.get(r, 0.0), 1) for r, s in sorted(jvm_thread_cpu(jvm).items())}
             line = pipeline.batches[-1]
             print(
