@@ -128,7 +128,8 @@ def await_query(query: StreamingQuery, stop: StopSignal, poll_seconds: float = 0
     try:
         while query.isActive:
             if stop.stopping:
-                query.stop()  # returns once the batch in flight is done
+                _finish_trigger_in_flight(query, poll_seconds)
+                query.stop()
                 break
             # pyspark takes seconds and converts with int(timeout * 1000)
             query.awaitTermination(poll_seconds)  # type: ignore[arg-type]
@@ -141,6 +142,23 @@ def await_query(query: StreamingQuery, stop: StopSignal, poll_seconds: float = 0
         if _stopped_before_a_batch(error, stop):
             return
         raise PipelineError(f"streaming query failed: {_first_line(error)}")
+
+
+def _finish_trigger_in_flight(query: StreamingQuery, poll_seconds: float) -> None:
+    """Wait until the query is between triggers, so the stop does not cut one short.
+
+    `query.stop()` interrupts the query's thread: a batch whose writes were done
+    but whose commit was still being written to the checkpoint would be left
+    uncommitted, and replayed by the next run. A trigger that starts after the
+    stop request writes nothing (the batch refuses to begin, `StopRequested`),
+    so this wait ends once the trigger in flight, its commit included, is done.
+    """
+    waited = False
+    while query.isActive and query.status["isTriggerActive"]:
+        if not waited:
+            log.info("waiting for the batch in flight to finish and commit")
+            waited = True
+        query.awaitTermination(min(poll_seconds, 0.1))  # type: ignore[arg-type]
 
 
 def _stopped_before_a_batch(error: BaseException, stop: StopSignal) -> bool:

@@ -155,6 +155,32 @@ def test_a_stop_during_the_start_up_ends_the_run_before_the_first_batch_begins(
     assert _all_staged(spark, cfg, summary)
 
 
+def test_a_stop_during_a_batch_lets_it_finish_and_commit_before_the_query_stops(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while a processing-time batch writes: the batch finishes, its
+    commit is in the checkpoint (so the next run does not replay it), exit clean."""
+    summary, cfg = _sample_run(tmp_path)
+    cfg = dataclasses.replace(cfg, trigger="processing-time", processing_interval="1 second")
+    process = Pipeline._process
+
+    def sigterm_mid_batch(self: Pipeline, *args: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2)  # the runner sees the stop while the batch is still writing
+        process(self, *args)
+
+    monkeypatch.setattr(Pipeline, "_process", sigterm_mid_batch)
+    stopped = runner.run(cfg, spark=spark)  # a clean stop: no exception
+
+    assert len(stopped.batches) == 1
+    assert _all_staged(spark, cfg, summary)
+    assert (Path(cfg.readings_checkpoint) / "commits" / "0").is_file()
+
+    monkeypatch.setattr(Pipeline, "_process", process)
+    again = dataclasses.replace(cfg, trigger="available-now")
+    assert runner.run(again, spark=spark).batches == []  # nothing replayed
+
+
 def test_driver_options_keep_the_configured_ones_and_quote_the_archive_path() -> None:
     jars = ["file:///ivy/jars/io.delta_delta-spark_4.2_2.13-4.4.0.jar"]
     configured = {
