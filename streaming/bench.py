@@ -276,7 +276,8 @@ class TreeMemory:
     3 GB JVM, which at every sample was 15 % of a core taken from the run being
     measured. PSS is read every `PSS_EVERY`-th sample (and when a process
     appears); in between, a process's PSS is its last one plus its RSS change
-    since. The JVM's CPU by thread role is read with the PSS.
+    since. The JVM's CPU by thread role is read with the PSS (of the last JVM
+    in the tree, when there are several; the pipeline has one).
     """
 
     PSS_EVERY = 5
@@ -406,7 +407,8 @@ def jvm_thread_cpu(pid: int) -> dict[str, float]:
     planning, the query's thread, Delta's commits). Threads that have ended are
     not counted, so take it before the JVM exits. (With the serial collector,
     chosen on machines of under 2 CPUs or 1.8 GB, collections run in the VM
-    thread and count as `other`.)"""
+    thread and count as `other`; on larger machines an idle extra C2 thread
+    may exit and its seconds drop out of `jit_c2`.)"""
     roles: dict[str, float] = {}
     for entry in os.scandir(f"/proc/{pid}/task"):
         try:
