@@ -87,21 +87,56 @@ def checkpoint_lock(checkpoints: str) -> Iterator[None]:
 
 
 class StopSignal:
-    """SIGINT/SIGTERM set a flag the run loops watch; the batch in flight finishes."""
+    """SIGINT/SIGTERM set a flag the run loops watch; the batch in flight finishes.
+
+    The Python-level handler does nothing: a handler runs in the main thread
+    between two bytecodes, possibly inside another handler or inside
+    `Event.set()`, and taking the event's lock there deadlocked the process on
+    a second SIGTERM or a double Ctrl-C. Python's C-level handler writes the
+    signal number to a pipe (`signal.set_wakeup_fd`), and a relay thread reads
+    it and sets the event.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.event = threading.Event()
 
     def install(self) -> None:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        read_end, self._write_end = os.pipe()
+        os.set_blocking(self._write_end, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write_end)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        self._relay = threading.Thread(target=self._relay_signals, args=(read_end,), name="stop-signal")
+        self._relay.daemon = True
+        self._relay.start()
 
     def restore(self) -> None:
         for sig, handler in getattr(self, "_previous", {}).items():
             signal.signal(sig, handler)
+        if hasattr(self, "_write_end"):
+            signal.set_wakeup_fd(self._previous_fd)
+            os.close(self._write_end)  # the relay reads the end of the pipe and stops
+            self._relay.join(timeout=5)
+
+    def claim(self) -> None:
+        """Take the signals back after a SparkContext is created: pyspark installs its
+        own SIGINT handler then (cancel every job, raise KeyboardInterrupt), which
+        would cut the batch in flight short on Ctrl-C."""
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: stopping after the batch in flight", signal.Signals(signum).name)
-        self.event.set()
+        """Nothing to do here: the wakeup pipe carries the signal to the relay thread."""
+
+    def _relay_signals(self, read_end: int) -> None:
+        try:
+            while chunk := os.read(read_end, 64):
+                for signum in (n for n in chunk if n in self.SIGNALS):
+                    log.info("received %s: stopping after the batch in flight", signal.Signals(signum).name)
+                    self.event.set()
+        finally:
+            os.close(read_end)
 
     @property
     def stopping(self) -> bool:
@@ -293,6 +328,7 @@ def _run_locked(
     with checkpoint_lock(cfg.checkpoints):
         started = time.monotonic()
         spark = spark or build_session(cfg, master=master)
+        stop.claim()
         log.info(
             "spark %s up in %.1f s (master %s)",
             spark.version,

@@ -85,9 +85,11 @@ class Service:
         with self._cond:
             return sum(1 for line in self.lines if regex.search(line))
 
-    def terminate(self, timeout: float = 120) -> int:
-        """SIGTERM to the process (not the group), as systemd's KillMode=mixed does."""
-        self.proc.send_signal(signal.SIGTERM)
+    def terminate(self, timeout: float = 120, signals: tuple[int, ...] = (signal.SIGTERM,)) -> int:
+        """SIGTERM to the process (not the group), as systemd's KillMode=mixed does
+        (or the given signals, one after the other)."""
+        for sig in signals:
+            self.proc.send_signal(sig)
         code = self.proc.wait(timeout)
         self._reader.join(timeout=10)
         return code

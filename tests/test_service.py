@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -112,7 +113,9 @@ def test_processing_time_service_reattributes_readings_after_a_dimension_refresh
         # the stream goes on with the new dimensions
         write_delivery(tmp_path / "data" / "readings", None, SPEC, day_index=SPEC.days, tag="d2")
         service.wait_for(r"streaming.batch: batch \{", after=landed)
-        assert service.terminate(timeout=120) == 0, service.tail()
+        # Ctrl-C, then a SIGTERM on top: the batch in flight still finishes and
+        # commits (pyspark's own SIGINT handler would cancel its jobs), exit 0
+        assert service.terminate(timeout=120, signals=(signal.SIGINT, signal.SIGTERM)) == 0, service.tail()
     finally:
         service.kill_tree()
     assert_matches_reference(spark, tmp_path)

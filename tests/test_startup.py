@@ -181,6 +181,30 @@ def test_a_stop_during_a_batch_lets_it_finish_and_commit_before_the_query_stops(
     assert runner.run(again, spark=spark).batches == []  # nothing replayed
 
 
+def test_signals_that_arrive_while_the_stop_is_being_set_cannot_deadlock_it() -> None:
+    """Handlers run in the main thread between bytecodes, so a second SIGTERM (or a
+    double Ctrl-C) can arrive inside `Event.set()` of the first: a handler that took
+    the event's lock there hung the process for good. The handler now takes no lock."""
+    import faulthandler
+
+    previous = signal.getsignal(signal.SIGTERM)
+    stop = runner.StopSignal()
+    stop.install()
+    faulthandler.dump_traceback_later(60, exit=True)  # a deadlock fails the run instead of hanging it
+    try:
+        with stop.event._cond:  # type: ignore[attr-defined]  # what an interrupted Event.set() holds
+            os.kill(os.getpid(), signal.SIGTERM)  # each handler runs here, in this thread
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.event.wait(10)
+        assert stop.stopping
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        stop.restore()
+    assert signal.getsignal(signal.SIGTERM) is previous
+    assert signal.set_wakeup_fd(-1) == -1  # the wakeup pipe is gone with the handlers
+
+
 def test_driver_options_keep_the_configured_ones_and_quote_the_archive_path() -> None:
     jars = ["file:///ivy/jars/io.delta_delta-spark_4.2_2.13-4.4.0.jar"]
     configured = {
