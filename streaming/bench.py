@@ -202,11 +202,17 @@ def place_file(source: Path, folder: Path) -> float:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _read_stat(path: Path) -> tuple[str, int, int]:
+    """(name, parent pid, CPU ticks used: utime + stime) from a `/proc/.../stat`
+    file of a process or a thread (OSError once it is gone)."""
+    text = path.read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return text[text.index("(") + 1 : text.rindex(")")], int(fields[1]), int(fields[11]) + int(fields[12])
+
+
 def _stat(pid: int) -> tuple[int, int]:
     """(parent pid, CPU ticks used: utime + stime) of a live process (OSError once it is gone)."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), int(fields[11]) + int(fields[12])
+    return _read_stat(Path(f"/proc/{pid}/stat"))[1:]
 
 
 def _proc_table() -> dict[int, tuple[int, int]]:
@@ -412,13 +418,11 @@ def jvm_thread_cpu(pid: int) -> dict[str, float]:
     roles: dict[str, float] = {}
     for entry in os.scandir(f"/proc/{pid}/task"):
         try:
-            text = Path(entry.path, "stat").read_text()
+            name, _, ticks = _read_stat(Path(entry.path, "stat"))
         except OSError:  # the thread ended meanwhile
             continue
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text[text.rindex(")") + 2 :].split()
         role = next((r for prefix, r in _JVM_THREAD_ROLES if name.startswith(prefix)), "other")
-        roles[role] = roles.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        roles[role] = roles.get(role, 0.0) + ticks / CLOCK_TICKS
     return roles
 
 

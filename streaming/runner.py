@@ -196,10 +196,14 @@ def _finish_trigger_in_flight(query: StreamingQuery, poll_seconds: float) -> Non
         query.awaitTermination(min(poll_seconds, 0.1))  # type: ignore[arg-type]
 
 
+def _error_text(error: BaseException) -> str:
+    """A query failure's text: the JVM's description (with the Python error), else str()."""
+    return getattr(error, "desc", None) or str(error)
+
+
 def _stopped_before_a_batch(error: BaseException, stop: StopSignal) -> bool:
     """The query ended because a batch refused to begin after a stop request (a clean stop)."""
-    text = getattr(error, "desc", None) or str(error)
-    if stop.stopping and "StopRequested: " in text:
+    if stop.stopping and "StopRequested: " in _error_text(error):
         log.info("stopped before the next batch began (it is replayed on the next run)")
         return True
     return False
@@ -207,7 +211,7 @@ def _stopped_before_a_batch(error: BaseException, stop: StopSignal) -> bool:
 
 def _first_line(error: BaseException) -> str:
     """The cause of a failed query in one line (the Python error the batch raised, if any)."""
-    text = getattr(error, "desc", None) or str(error)
+    text = _error_text(error)
     for marker in ("ExpectationFailed: ", "SimulatedCrash: ", "DimensionError: ", "Error: "):
         if marker in text:
             line = text.split(marker, 1)[1].splitlines()[0]
