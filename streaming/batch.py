@@ -483,9 +483,12 @@ class Pipeline:
             }
             # Four independent tables: their writes run side by side (each commit
             # is mostly driver latency on small data).
+            writer = sinks.presentation_writer(self.cfg.presentation_writer, self.cfg.lake, dates)
             in_parallel(
                 [
-                    partial(sinks.replace_dates, self.spark, self.lake(table), table, df, dates, append)
+                    partial(
+                        sinks.replace_dates, self.spark, self.lake(table), table, df, dates, append, writer
+                    )
                     for table, df in fresh.items()
                 ],
                 after_first=partial(crash_point, "mid_presentation", self.raise_at),

@@ -17,9 +17,10 @@ from functools import reduce
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructType
+from pyspark.sql.types import DateType, StructType
 
-from streaming import schemas
+from streaming import schemas, small_writes
+from streaming.config import PRESENTATION_WRITERS
 
 STAGING = "staging/readings"
 RAW_READINGS = "raw/readings"
@@ -53,12 +54,12 @@ TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     GOLD_PRODUCT_HALF_HOUR: (schemas.GOLD_PRODUCT_HALF_HOUR, ()),
 }
 
-# each presentation table's local date, as an expression on its own columns
-PRESENTATION_DATE: dict[str, str] = {
-    HALF_HOUR: "to_date(interval_start_local)",
+# each presentation table's column holding its local date (DATE) or local time (TIMESTAMP_NTZ)
+PRESENTATION_DATE_COLUMN: dict[str, str] = {
+    HALF_HOUR: "interval_start_local",
     PRODUCT_DAY: "date",
-    GOLD_HALF_HOUR: "to_date(interval_start_local)",
-    GOLD_PRODUCT_HALF_HOUR: "to_date(interval_start_local)",
+    GOLD_HALF_HOUR: "interval_start_local",
+    GOLD_PRODUCT_HALF_HOUR: "interval_start_local",
 }
 
 _BAD_NAME_CHARS = re.compile(r"[ ,;{}()\n\t=]")
@@ -254,6 +255,19 @@ def update_attribution(spark: SparkSession, path: str, changed_df: DataFrame, co
     )
 
 
+def presentation_writer(setting: str, lake_root: str, dates: Sequence[date]) -> str:
+    """`delta-rs` or `spark`: who writes one presentation refresh.
+
+    `auto` takes delta-rs for a local lake and at most `small_writes.MAX_DATES`
+    dates (the aggregates pass through the driver); Spark otherwise.
+    """
+    if setting not in PRESENTATION_WRITERS:
+        raise ValueError(f"presentation writer must be one of {PRESENTATION_WRITERS}, got {setting!r}")
+    if setting == "auto" and small_writes.is_local(lake_root) and len(set(dates)) <= small_writes.MAX_DATES:
+        return "delta-rs"
+    return "spark"
+
+
 def replace_dates(
     spark: SparkSession,
     path: str,
@@ -261,6 +275,7 @@ def replace_dates(
     fresh_df: DataFrame,
     dates: Sequence[date],
     append: bool = False,
+    writer: str = "spark",
 ) -> None:
     """Make the rows of `table` for the local `dates` equal to `fresh_df` in one commit.
 
@@ -268,20 +283,26 @@ def replace_dates(
     without them and the fresh rows added, atomically; other dates are not touched.
     Writing the same rows again (a replayed batch) leaves the table as it was.
     `append=True` is for a caller that knows the table holds no row of `dates`:
-    a plain append, which needs no scan of the table.
+    a plain append, which needs no scan of the table. `writer="delta-rs"` makes
+    the same commit without a Spark job (`small_writes`).
     """
     schema = TABLES[table][0]
     if not dates:
         return
+    column = PRESENTATION_DATE_COLUMN[table]
+    if writer == "delta-rs":
+        small_writes.replace_dates(path, conform(fresh_df, schema), schema, column, dates, append)
+        return
     if append:
         conform(fresh_df, schema).write.format("delta").mode("append").save(path)
         return
+    local_date = column if isinstance(schema[column].dataType, DateType) else f"to_date({column})"
     listed = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(set(dates)))
     (
         conform(fresh_df, schema)
         .write.format("delta")
         .mode("overwrite")
-        .option("replaceWhere", f"{PRESENTATION_DATE[table]} IN ({listed})")
+        .option("replaceWhere", f"{local_date} IN ({listed})")
         .save(path)
     )
 

@@ -112,7 +112,11 @@ def test_staging_write_knows_when_its_dates_held_nothing(spark: SparkSession, st
     assert held == [("a", DAY1), ("a", DAY2), ("b", DAY2), ("b", DAY3)]
 
 
-def test_replacing_dates_leaves_other_dates_alone(spark: SparkSession, tmp_path: Path) -> None:
+WRITERS = ("spark", "delta-rs")
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_replacing_dates_leaves_other_dates_alone(spark: SparkSession, tmp_path: Path, writer: str) -> None:
     lake = sinks.LakePaths(str(tmp_path / "lake"))
     table = sinks.PRODUCT_DAY
     sinks.create_tables(spark, lake, [table])
@@ -120,17 +124,26 @@ def test_replacing_dates_leaves_other_dates_alone(spark: SparkSession, tmp_path:
     def rows(*values: tuple[str | None, date, int, float]) -> DataFrame:
         return spark.createDataFrame(list(values), schemas.PRODUCT_DAY_TOTALS)
 
+    def replace(df: DataFrame, dates: list[date], append: bool = False) -> None:
+        sinks.replace_dates(spark, lake(table), table, df, dates, append, writer)
+
     first = rows(("Fixed", DAY1, 2, 1.5), (None, DAY1, 1, 0.5))
-    sinks.replace_dates(spark, lake(table), table, first, [DAY1])
-    sinks.replace_dates(spark, lake(table), table, rows(("Fixed", DAY2, 3, 2.5)), [DAY2], append=True)
+    replace(first, [DAY1])
+    replace(rows(("Fixed", DAY2, 3, 2.5)), [DAY2], append=True)
     # DAY1 recomputed: the no-agreement group is gone, Fixed changed; DAY2 untouched
-    sinks.replace_dates(spark, lake(table), table, rows(("Fixed", DAY1, 3, 2.0)), [DAY1])
+    replace(rows(("Fixed", DAY1, 3, 2.0)), [DAY1])
+    expected = [("Fixed", DAY1, 3, 2.0), ("Fixed", DAY2, 3, 2.5)]
     result = sorted(tuple(r) for r in spark.read.format("delta").load(lake(table)).collect())
-    assert result == [("Fixed", DAY1, 3, 2.0), ("Fixed", DAY2, 3, 2.5)]
+    assert result == expected
+    # a replayed batch writes the same rows again: nothing changes
+    replace(rows(("Fixed", DAY1, 3, 2.0)), [DAY1])
+    again = sorted(tuple(r) for r in spark.read.format("delta").load(lake(table)).collect())
+    assert again == expected
 
 
+@pytest.mark.parametrize("writer", WRITERS)
 def test_replacing_half_hour_dates_by_local_date_deletes_what_is_no_longer_produced(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, tmp_path: Path, writer: str
 ) -> None:
     lake = sinks.LakePaths(str(tmp_path / "lake"))
     table = sinks.HALF_HOUR
@@ -149,10 +162,16 @@ def test_replacing_half_hour_dates_by_local_date_deletes_what_is_no_longer_produ
         spark.createDataFrame([slot(summer1, 0), slot(summer2, 0)], schemas.HALF_HOUR_TOTALS),
         [summer1, summer2],
         append=True,
+        writer=writer,
     )
     # summer1 recomputed to nothing (say, its readings moved away): its rows go, summer2 stays
     sinks.replace_dates(
-        spark, lake(table), table, spark.createDataFrame([], schemas.HALF_HOUR_TOTALS), [summer1]
+        spark,
+        lake(table),
+        table,
+        spark.createDataFrame([], schemas.HALF_HOUR_TOTALS),
+        [summer1],
+        writer=writer,
     )
     left = [r["interval_start_local"] for r in spark.read.format("delta").load(lake(table)).collect()]
     assert left == [datetime(2021, 7, 2, 0)]

@@ -1,0 +1,147 @@
+"""Presentation refreshes written by delta-rs: the same table Spark writes, read, compacts and vacuums."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable as RsTable
+from deltalake.exceptions import DeltaError
+from pyspark.sql import DataFrame, SparkSession
+
+from streaming import schemas, sinks, small_writes
+from streaming.maintenance import maintain
+
+WINTER, SUMMER = date(2021, 1, 1), date(2021, 7, 1)
+
+
+def half_hours(spark: SparkSession, day: date, kwh: float, slots: int = 48) -> DataFrame:
+    """One local day of half-hour totals; in summer local midnight is 23:00 UTC the day before."""
+    offset = timedelta(hours=1) if day.month in (4, 5, 6, 7, 8, 9) else timedelta(0)
+    midnight = datetime(day.year, day.month, day.day)
+    rows = [
+        (
+            (midnight + timedelta(minutes=30 * i) - offset).replace(tzinfo=UTC),
+            midnight + timedelta(minutes=30 * i),
+            i + 1,
+            kwh * (i + 1),
+        )
+        for i in range(slots)
+    ]
+    return spark.createDataFrame(rows, schemas.HALF_HOUR_TOTALS)
+
+
+def table_rows(spark: SparkSession, path: str) -> list[tuple]:
+    return sorted(tuple(r) for r in spark.read.format("delta").load(path).collect())
+
+
+def test_date_predicate_selects_local_days_and_joins_consecutive_ones() -> None:
+    days = [date(2021, 1, 3), date(2021, 1, 1), date(2021, 1, 2), date(2021, 1, 5), date(2021, 1, 2)]
+    assert small_writes.date_predicate("date", "date", days) == (
+        """("date" >= '2021-01-01' AND "date" < '2021-01-04')"""
+        """ OR ("date" >= '2021-01-05' AND "date" < '2021-01-06')"""
+    )
+    assert small_writes.date_predicate("interval_start_local", "timestamp", [date(2021, 12, 31)]) == (
+        """("interval_start_local" >= '2021-12-31 00:00:00'"""
+        """ AND "interval_start_local" < '2022-01-01 00:00:00')"""
+    )
+    with pytest.raises(ValueError, match="no dates"):
+        small_writes.date_predicate("date", "date", [])
+    with pytest.raises(ValueError, match="column_type"):
+        small_writes.date_predicate("date", "datetime", [WINTER])
+
+
+def test_delta_rs_writes_only_small_refreshes_of_a_local_lake() -> None:
+    month = [WINTER + timedelta(days=i) for i in range(small_writes.MAX_DATES)]
+    choose = sinks.presentation_writer
+    assert choose("auto", "/data/lake", [WINTER]) == "delta-rs"
+    assert choose("auto", "file:///data/lake", month) == "delta-rs"
+    assert choose("auto", "/data/lake", [*month, month[-1] + timedelta(days=1)]) == "spark"
+    assert choose("auto", "s3a://bucket/lake", [WINTER]) == "spark"
+    assert choose("auto", "abfss://c@account.dfs.core.windows.net/lake", [WINTER]) == "spark"
+    assert choose("spark", "/data/lake", [WINTER]) == "spark"
+    with pytest.raises(ValueError, match="presentation writer"):
+        choose("delta-rs", "/data/lake", [WINTER])
+    assert small_writes.local_path("file:///data/lake/t") == "/data/lake/t"
+    assert small_writes.local_path("file:/data/lake/t") == "/data/lake/t"
+
+
+def test_delta_rs_and_spark_write_the_same_rows_and_schema(spark: SparkSession, tmp_path: Path) -> None:
+    table = sinks.HALF_HOUR
+    written = {}
+    for writer in ("spark", "delta-rs"):
+        lake = sinks.LakePaths(str(tmp_path / writer))
+        sinks.create_tables(spark, lake, [table])
+        fresh = half_hours(spark, WINTER, 0.25).unionByName(half_hours(spark, SUMMER, 0.5))
+        sinks.replace_dates(spark, lake(table), table, fresh, [WINTER, SUMMER], append=True, writer=writer)
+        sinks.replace_dates(
+            spark, lake(table), table, half_hours(spark, SUMMER, 1.0, slots=3), [SUMMER], writer=writer
+        )
+        written[writer] = (
+            table_rows(spark, lake(table)),
+            spark.read.format("delta").load(lake(table)).schema,
+        )
+    assert written["delta-rs"] == written["spark"]
+    rows, schema = written["delta-rs"]
+    assert len(rows) == 48 + 3
+    assert schema == schemas.HALF_HOUR_TOTALS  # names, types and NOT NULL as created
+
+
+def test_delta_rs_refuses_a_row_outside_the_replaced_dates_and_changes_nothing(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    lake = sinks.LakePaths(str(tmp_path / "lake"))
+    table = sinks.HALF_HOUR
+    sinks.create_tables(spark, lake, [table])
+    sinks.replace_dates(
+        spark, lake(table), table, half_hours(spark, WINTER, 0.25), [WINTER], writer="delta-rs"
+    )
+    before = table_rows(spark, lake(table))
+    version = RsTable(lake(table)).version()
+    stray = half_hours(spark, WINTER, 9.0).unionByName(half_hours(spark, SUMMER, 9.0, slots=1))
+    with pytest.raises(DeltaError, match="failed validation"):
+        sinks.replace_dates(spark, lake(table), table, stray, [WINTER], writer="delta-rs")
+    assert RsTable(lake(table)).version() == version
+    assert table_rows(spark, lake(table)) == before
+
+
+def test_spark_reads_compacts_and_vacuums_what_delta_rs_wrote_and_delta_rs_goes_on_after(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    lake = sinks.LakePaths(str(tmp_path / "lake"))
+    table = sinks.HALF_HOUR
+    sinks.create_tables(spark, lake, [table])  # created by Spark, as the pipeline does
+    days = [WINTER + timedelta(days=i) for i in range(4)]
+    for i, day in enumerate(days):
+        sinks.replace_dates(
+            spark, lake(table), table, half_hours(spark, day, 0.1 * i), [day], append=True, writer="delta-rs"
+        )
+    sinks.replace_dates(
+        spark, lake(table), table, half_hours(spark, days[0], 7.0), [days[0]], writer="delta-rs"
+    )
+    RsTable(lake(table)).create_checkpoint()  # Spark must read delta-rs' checkpoint too
+    expected = sorted(
+        [tuple(r) for r in half_hours(spark, days[0], 7.0).collect()]
+        + [tuple(r) for i, day in enumerate(days[1:], 1) for r in half_hours(spark, day, 0.1 * i).collect()]
+    )
+    assert table_rows(spark, lake(table)) == expected
+
+    result = maintain(spark, lake, retain_hours=168, names=[table])
+    assert result[table]["files_after"] < result[table]["files_before"]
+    assert table_rows(spark, lake(table)) == expected
+
+    # delta-rs replaces a date in the file Spark's OPTIMIZE wrote
+    sinks.replace_dates(
+        spark, lake(table), table, half_hours(spark, days[1], 5.0), [days[1]], writer="delta-rs"
+    )
+    expected = sorted(
+        [r for r in expected if r[1].date() != days[1]]
+        + [tuple(r) for r in half_hours(spark, days[1], 5.0).collect()]
+    )
+    assert table_rows(spark, lake(table)) == expected
+    # and delta-rs reads the table Spark compacted as Spark does
+    by_rs = RsTable(lake(table)).to_pyarrow_table().to_pylist()
+    assert sorted((r["interval_start_local"], r["total_kwh"]) for r in by_rs) == sorted(
+        (r[1], r[3]) for r in expected
+    )
