@@ -318,6 +318,7 @@ class Pipeline:
                         app_id,
                         batch_id,
                         ingested_at,
+                        counts["rows"],
                     )
                 ]
                 if counts["files_quarantined"] or counts["rows_quarantined"] or unread:
@@ -378,7 +379,9 @@ class Pipeline:
         attributed = transforms.with_attribution(readings, self.dims.segments_df, self.dims.meterpoints_df)
         staged = transforms.to_staging(attributed, F.lit(ingested_at).cast("timestamp"))
         with self.timed("staging"):
-            change = sinks.merge_staging(self.spark, self.lake(sinks.STAGING), staged, dates, before_write)
+            change = sinks.merge_staging(
+                self.spark, self.lake(sinks.STAGING), staged, dates, before_write, self.cfg.small_writes
+            )
         try:
             crash_point("after_staging", self.raise_at)
             with self.timed("presentation"):
@@ -402,7 +405,13 @@ class Pipeline:
         return sorted(p for p in logged if source.normalise_path(p) not in present)
 
     def _write_raw(
-        self, parsed: DataFrame, names: list[str], app_id: str, batch_id: int, ingested_at: datetime
+        self,
+        parsed: DataFrame,
+        names: list[str],
+        app_id: str,
+        batch_id: int,
+        ingested_at: datetime,
+        rows_count: int,
     ) -> None:
         rows = transforms.row_records(parsed)
         raw = rows.select(
@@ -412,7 +421,9 @@ class Pipeline:
             F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
             F.lit(batch_id).cast("long").alias("batch_id"),
         )
-        sinks.append_idempotent(raw, self.lake(sinks.RAW_READINGS), app_id, batch_id, merge_schema=True)
+        path = self.lake(sinks.RAW_READINGS)
+        writer = sinks.writer_for(self.cfg.small_writes, path, rows=rows_count)
+        sinks.append_idempotent(raw, path, app_id, batch_id, merge_schema=True, writer=writer)
 
     def _write_quarantine(
         self, parsed: DataFrame, unread: list[str], app_id: str, batch_id: int, ingested_at: datetime
@@ -483,7 +494,7 @@ class Pipeline:
             }
             # Four independent tables: their writes run side by side (each commit
             # is mostly driver latency on small data).
-            writer = sinks.presentation_writer(self.cfg.presentation_writer, self.cfg.lake, dates)
+            writer = sinks.writer_for(self.cfg.small_writes, self.cfg.lake, dates=dates)
             in_parallel(
                 [
                     partial(

@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "pipeline.toml"
 TRIGGERS = ("available-now", "processing-time", "watch")
-# who writes a presentation refresh: `auto` is delta-rs where it can (streaming.small_writes)
-PRESENTATION_WRITERS = ("auto", "spark")
+# who commits a small batch's writes: `auto` is delta-rs where it can (streaming.small_writes)
+SMALL_WRITES = ("auto", "spark")
 
 
 class ConfigError(ValueError):
@@ -37,7 +37,7 @@ class Config:
     watch_debounce_seconds: float = 0.5
     maintenance_every_hours: float = 24.0  # services: OPTIMIZE + VACUUM this often (0: never)
     archive_dir: str = ""  # non-empty: move processed files there (file source cleanSource)
-    presentation_writer: str = "auto"  # auto: delta-rs for small refreshes of a local lake; spark
+    small_writes: str = "auto"  # auto: delta-rs commits small writes to a local lake; spark: Spark does
     spark: dict[str, str] = field(default_factory=dict)
     expectations: dict[str, str] = field(default_factory=dict)
 
@@ -105,7 +105,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
         watch_debounce_seconds=float(pipeline.get("watch_debounce_seconds", 0.5)),
         maintenance_every_hours=float(pipeline.get("maintenance_every_hours", 24)),
         archive_dir=resolve_path(str(pipeline["archive_dir"]), base) if pipeline.get("archive_dir") else "",
-        presentation_writer=str(pipeline.get("presentation_writer", "auto")),
+        small_writes=str(pipeline.get("small_writes", "auto")),
         spark={str(k): str(v) for k, v in raw.get("spark", {}).items()},
         expectations={str(k): str(v) for k, v in raw.get("expectations", {}).items()},
     )
@@ -137,11 +137,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"unknown time zone {cfg.timezone!r}") from exc
     if cfg.max_files_per_trigger < 0:
         raise ConfigError("max_files_per_trigger must be >= 0")
-    if cfg.presentation_writer not in PRESENTATION_WRITERS:
-        raise ConfigError(
-            f"presentation_writer must be one of {', '.join(PRESENTATION_WRITERS)},"
-            f" got {cfg.presentation_writer!r}"
-        )
+    if cfg.small_writes not in SMALL_WRITES:
+        raise ConfigError(f"small_writes must be one of {', '.join(SMALL_WRITES)}, got {cfg.small_writes!r}")
     from streaming.expectations import load_expectations
 
     load_expectations(cfg.expectations)  # raises ConfigError naming a bad rule

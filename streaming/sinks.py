@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, StructType
 
 from streaming import schemas, small_writes
-from streaming.config import PRESENTATION_WRITERS
+from streaming.config import SMALL_WRITES
 
 STAGING = "staging/readings"
 RAW_READINGS = "raw/readings"
@@ -121,13 +121,21 @@ def raw_column_name(name: str) -> str:
 
 
 def append_idempotent(
-    df: DataFrame, path: str, app_id: str, batch_id: int, merge_schema: bool = False
+    df: DataFrame, path: str, app_id: str, batch_id: int, merge_schema: bool = False, writer: str = "spark"
 ) -> None:
-    """Append once per (app_id, batch_id): Delta skips a version it has already seen."""
-    writer = df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id)
+    """Append once per (app_id, batch_id): Delta skips a version it has already seen.
+
+    `writer="delta-rs"` makes the same commit without a Spark job (`small_writes`).
+    """
+    if writer == "delta-rs":
+        small_writes.append_idempotent(path, df, app_id, batch_id, merge_schema)
+        return
+    spark_writer = (
+        df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id)
+    )
     if merge_schema:
-        writer = writer.option("mergeSchema", "true")
-    writer.save(path)
+        spark_writer = spark_writer.option("mergeSchema", "true")
+    spark_writer.save(path)
 
 
 def null_safe_equal(left: str, right: str, columns: Iterable[str]) -> Column:
@@ -172,6 +180,7 @@ def merge_staging(
     batch_df: DataFrame,
     dates: Sequence[date],
     before_write: Callable[[], None] = lambda: None,
+    small_writes_setting: str = "spark",
 ) -> StagingChange:
     """Upsert one reading per key; the later batch wins, an equal value changes nothing.
 
@@ -183,6 +192,7 @@ def merge_staging(
     row per key (`transforms.latest_wins`). `before_write` runs once the rows are
     classed, before staging is changed. The append relies on one writer per lake
     (the classes are read from the snapshot the append then extends).
+    `small_writes_setting="auto"` lets delta-rs commit a small write (`writer_for`).
     """
     current = spark.read.format("delta").load(path).filter(F.col("reading_date").isin(list(dates)))
     # partition pruning on the snapshot's file list: no scan of the data
@@ -211,7 +221,16 @@ def merge_staging(
         change = StagingChange(inserted, updated, dates_were_empty, changed)
         rows = change.written
         before_write()
-        if updated == 0 and inserted > 0:
+        if writer_for(small_writes_setting, path, rows=inserted + updated) == "delta-rs":
+            small_writes.write_staging(
+                path,
+                conform(rows, schemas.STAGING_READINGS),
+                schemas.STAGING_READINGS,
+                dates,
+                inserted,
+                updated,
+            )
+        elif updated == 0 and inserted > 0:
             conform(rows, schemas.STAGING_READINGS).write.format("delta").mode("append").save(path)
         elif updated > 0:
             on = F.col("t.reading_date").isin(list(dates)) & reduce(
@@ -255,17 +274,22 @@ def update_attribution(spark: SparkSession, path: str, changed_df: DataFrame, co
     )
 
 
-def presentation_writer(setting: str, lake_root: str, dates: Sequence[date]) -> str:
-    """`delta-rs` or `spark`: who writes one presentation refresh.
+def writer_for(setting: str, path: str, rows: int | None = None, dates: Sequence[date] | None = None) -> str:
+    """`delta-rs` or `spark`: who commits one write to the table at `path`.
 
-    `auto` takes delta-rs for a local lake and at most `small_writes.MAX_DATES`
-    dates (the aggregates pass through the driver); Spark otherwise.
+    `auto` takes delta-rs for a table on a local file system and a small write
+    (at most `small_writes.MAX_ROWS` rows, or `MAX_DATES` presentation dates:
+    its rows pass through the driver); Spark otherwise, and always for `spark`.
     """
-    if setting not in PRESENTATION_WRITERS:
-        raise ValueError(f"presentation writer must be one of {PRESENTATION_WRITERS}, got {setting!r}")
-    if setting == "auto" and small_writes.is_local(lake_root) and len(set(dates)) <= small_writes.MAX_DATES:
-        return "delta-rs"
-    return "spark"
+    if setting not in SMALL_WRITES:
+        raise ValueError(f"small_writes must be one of {SMALL_WRITES}, got {setting!r}")
+    if setting == "spark" or not small_writes.is_local(path):
+        return "spark"
+    if rows is not None and rows > small_writes.MAX_ROWS:
+        return "spark"
+    if dates is not None and len(set(dates)) > small_writes.MAX_DATES:
+        return "spark"
+    return "delta-rs"
 
 
 def replace_dates(

@@ -28,7 +28,7 @@ def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def bad_config(tmp_path: Path, line: str) -> str:
-    text = DEFAULT_CONFIG.read_text().replace('presentation_writer = "auto"', line)
+    text = DEFAULT_CONFIG.read_text().replace('small_writes = "auto"', line)
     assert line in text
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -43,13 +43,13 @@ def bad_config(tmp_path: Path, line: str) -> str:
         (["--readings", "no/such/folder"], 1, "readings folder not found"),
         (["--db", "no/such.db"], 1, "dimension database not found"),
         (["--config", "no/such.toml"], 1, "config file not found"),
-        (["--config", "BAD_WRITER"], 1, "presentation_writer must be one of auto, spark, got 'delta'"),
+        (["--config", "BAD_WRITER"], 1, "small_writes must be one of auto, spark, got 'delta'"),
     ],
 )
 def test_a_bad_flag_input_or_setting_exits_non_zero_with_one_line_and_creates_nothing(
     tmp_path: Path, args: list[str], exit_code: int, message: str
 ) -> None:
-    args = [bad_config(tmp_path, 'presentation_writer = "delta"') if a == "BAD_WRITER" else a for a in args]
+    args = [bad_config(tmp_path, 'small_writes = "delta"') if a == "BAD_WRITER" else a for a in args]
     done = run_cli(tmp_path, *args)
     assert done.returncode == exit_code, done.stderr
     lines = done.stderr.strip().splitlines()

@@ -69,8 +69,12 @@ def test_run_stream_first_run_second_delivery_and_idempotent_rerun(
     new_files = write_delivery(readings, None, SPEC, day_index=3, tag="d2")
     newest = max(d.mtime for d in first)
     assert any(os.stat(p).st_mtime < newest - 8 * 86400 for p in new_files), "backfill mtime not old"
-    # (this run reuses the test's warm session: the CLI runs are the first and the last)
-    cfg = make_config(tmp_path, readings=readings, db=tmp_path / "data" / "case_study.db")
+    # (this run reuses the test's warm session: the CLI runs are the first and the last).
+    # Spark's Delta writer makes its commits, delta-rs those of the CLI runs (small
+    # writes, `small_writes = "auto"`): the two take turns on one lake.
+    cfg = make_config(
+        tmp_path, readings=readings, db=tmp_path / "data" / "case_study.db", small_writes="spark"
+    )
     runner.run(cfg, spark=spark)
     second = [d for d in load_deliveries([readings]) if d.path not in {f.path for f in first}]
     assert len(second) == len(new_files)
@@ -83,3 +87,10 @@ def test_run_stream_first_run_second_delivery_and_idempotent_rerun(
     for name in TABLES:
         assert sorted(map(repr, before[name])) == sorted(map(repr, after[name])), name
     assert "staging/readings" in done.stdout
+    # both writers committed to the tables the batches write
+    for name in ("raw/readings", "staging/readings", "presentation/total_consumption_half_hour"):
+        history = spark.sql(f"DESCRIBE HISTORY delta.`{cfg.lake}/{name}`").filter(
+            "operation != 'CREATE TABLE'"
+        )
+        engines = {r[0].split("/")[0].split(":")[0] for r in history.select("engineInfo").collect()}
+        assert engines == {"Apache-Spark", "delta-rs"}, (name, engines)

@@ -51,16 +51,26 @@ def staged(spark: SparkSession, path: str) -> dict[tuple[str, int], tuple[float,
 
 
 def write(spark: SparkSession, path: str, rows: list[dict[str, Any]]) -> sinks.StagingChange:
-    change = sinks.merge_staging(spark, path, frame(spark, rows), sorted({r["reading_date"] for r in rows}))
+    dates = sorted({r["reading_date"] for r in rows})
+    setting = path.setting if isinstance(path, StagingTable) else "spark"
+    change = sinks.merge_staging(spark, path, frame(spark, rows), dates, small_writes_setting=setting)
     change.release()
     return change
 
 
-@pytest.fixture
-def staging(spark: SparkSession, tmp_path: Path) -> str:
+class StagingTable(str):
+    """The staging table's path, and who commits the writes (`small_writes`: Spark, or delta-rs)."""
+
+    setting: str
+
+
+@pytest.fixture(params=["spark", "auto"])
+def staging(spark: SparkSession, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     lake = sinks.LakePaths(str(tmp_path / "lake"))
     sinks.create_tables(spark, lake, [sinks.STAGING])
-    return lake(sinks.STAGING)
+    path = StagingTable(lake(sinks.STAGING))
+    path.setting = request.param  # "auto": these small writes are committed by delta-rs
+    return path
 
 
 def test_staging_write_classes_rows_as_new_changed_or_equal(spark: SparkSession, staging: str) -> None:
@@ -96,6 +106,14 @@ def test_staging_write_classes_rows_as_new_changed_or_equal(spark: SparkSession,
     reattributed = write(spark, staging, [reading("b", DAY1, 0, 0.125, agreement=2)])
     assert (reattributed.inserted, reattributed.updated) == (0, 1)
     assert staged(spark, staging)[("b", 0)] == (0.125, 2)
+    # the writer the test is for made the commits
+    engines = spark.sql(f"DESCRIBE HISTORY delta.`{staging}`").select("operation", "engineInfo").collect()
+    assert "MERGE" in {op for op, _ in engines}  # the corrected value and new attribution
+    assert all(
+        ("delta-rs" in engine) == (staging.setting == "auto")
+        for op, engine in engines
+        if op != "CREATE TABLE"
+    )
 
 
 def test_staging_write_knows_when_its_dates_held_nothing(spark: SparkSession, staging: str) -> None:

@@ -52,17 +52,19 @@ def test_date_predicate_selects_local_days_and_joins_consecutive_ones() -> None:
         small_writes.date_predicate("date", "datetime", [WINTER])
 
 
-def test_delta_rs_writes_only_small_refreshes_of_a_local_lake() -> None:
+def test_delta_rs_commits_only_small_writes_to_a_local_lake() -> None:
     month = [WINTER + timedelta(days=i) for i in range(small_writes.MAX_DATES)]
-    choose = sinks.presentation_writer
-    assert choose("auto", "/data/lake", [WINTER]) == "delta-rs"
-    assert choose("auto", "file:///data/lake", month) == "delta-rs"
-    assert choose("auto", "/data/lake", [*month, month[-1] + timedelta(days=1)]) == "spark"
-    assert choose("auto", "s3a://bucket/lake", [WINTER]) == "spark"
-    assert choose("auto", "abfss://c@account.dfs.core.windows.net/lake", [WINTER]) == "spark"
-    assert choose("spark", "/data/lake", [WINTER]) == "spark"
-    with pytest.raises(ValueError, match="presentation writer"):
-        choose("delta-rs", "/data/lake", [WINTER])
+    choose = sinks.writer_for
+    assert choose("auto", "/data/lake/t", dates=[WINTER]) == "delta-rs"
+    assert choose("auto", "file:///data/lake/t", dates=month) == "delta-rs"
+    assert choose("auto", "/data/lake/t", dates=[*month, month[-1] + timedelta(days=1)]) == "spark"
+    assert choose("auto", "/data/lake/t", rows=small_writes.MAX_ROWS) == "delta-rs"
+    assert choose("auto", "/data/lake/t", rows=small_writes.MAX_ROWS + 1) == "spark"
+    assert choose("auto", "s3a://bucket/lake/t", rows=1) == "spark"
+    assert choose("auto", "abfss://c@account.dfs.core.windows.net/lake/t", dates=[WINTER]) == "spark"
+    assert choose("spark", "/data/lake/t", rows=1) == "spark"
+    with pytest.raises(ValueError, match="small_writes must be one of"):
+        choose("delta-rs", "/data/lake/t", rows=1)
     assert small_writes.local_path("file:///data/lake/t") == "/data/lake/t"
     assert small_writes.local_path("file:/data/lake/t") == "/data/lake/t"
 
@@ -145,3 +147,65 @@ def test_spark_reads_compacts_and_vacuums_what_delta_rs_wrote_and_delta_rs_goes_
     assert sorted((r["interval_start_local"], r["total_kwh"]) for r in by_rs) == sorted(
         (r[1], r[3]) for r in expected
     )
+
+
+def raw_batch(spark: SparkSession, batch_id: int, columns: dict[str, list[str | None]]) -> DataFrame:
+    """Raw rows as `Pipeline._write_raw` builds them: the file's columns (strings), then the meta columns."""
+    n = len(next(iter(columns.values())))
+    at = datetime(2026, 11, 29, 12, 0)
+    rows = [
+        (*[values[i] for values in columns.values()], f"f{batch_id}.json", at, at, batch_id) for i in range(n)
+    ]
+    schema = ", ".join(f"`{c}` string" for c in columns)
+    return spark.createDataFrame(
+        rows,
+        f"{schema}, source_file string, file_modification_time timestamp,"
+        " ingested_at timestamp, batch_id long",
+    )
+
+
+def test_raw_appends_by_either_writer_merge_new_columns_alike_and_are_skipped_when_replayed(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    batches = [
+        raw_batch(
+            spark,
+            0,
+            {"interval_start": ["2021-01-01 00:00:00"], "consumption_delta": ["0.5"], "meterpoint_id": ["a"]},
+        ),
+        # a file with an extra column, and one column missing
+        raw_batch(
+            spark,
+            1,
+            {"consumption_delta": ["0.25"], "interval_start": ["2021-01-01 00:30:00"], "note": ["x"]},
+        ),
+    ]
+    written = {}
+    for writer in ("spark", "delta-rs"):
+        lake = sinks.LakePaths(str(tmp_path / writer))
+        sinks.create_tables(spark, lake, [sinks.RAW_READINGS])
+        path = lake(sinks.RAW_READINGS)
+        for batch_id, df in enumerate(batches):
+            sinks.append_idempotent(df, path, "query-1", batch_id, merge_schema=True, writer=writer)
+        # a replayed batch (either writer) and an older one: nothing is written
+        for again in ("spark", "delta-rs"):
+            sinks.append_idempotent(batches[1], path, "query-1", 1, merge_schema=True, writer=again)
+            sinks.append_idempotent(batches[0], path, "query-1", 0, merge_schema=True, writer=again)
+        table = spark.read.format("delta").load(path)
+        engines = {
+            r[0].split("/")[0].split(":")[0]
+            for r in spark.sql(f"DESCRIBE HISTORY delta.`{path}`")
+            .filter("operation != 'CREATE TABLE'")
+            .select("engineInfo")
+            .collect()
+        }
+        written[writer] = (table.schema, sorted(tuple(r) for r in table.collect()), engines)
+    assert written["spark"][:2] == written["delta-rs"][:2]
+    schema, rows, _ = written["delta-rs"]
+    assert schema.fieldNames()[-1] == "note" and len(rows) == 2
+    assert written["spark"][2] == {"Apache-Spark"} and written["delta-rs"][2] == {"delta-rs"}
+    # another query (a new checkpoint) is not taken for a replay
+    sinks.append_idempotent(
+        batches[0], lake(sinks.RAW_READINGS), "query-2", 0, merge_schema=True, writer="delta-rs"
+    )
+    assert spark.read.format("delta").load(lake(sinks.RAW_READINGS)).count() == 3
