@@ -72,6 +72,7 @@ class Pipeline:
         self.phases: dict[str, float] = {}  # seconds per phase of the batch (or start-up) in hand
         self._prepared: Future[None] | None = None  # `preparing()`: the start-up running beside the query
         self.stop_event: threading.Event | None = None  # set when the service is asked to stop
+        self.small_writes = sinks.small_writes_setting(spark, cfg.small_writes)
 
     def _timed_call(self, phase: str, func: Callable[..., None], *args: Any) -> None:
         with self.timed(phase):
@@ -380,7 +381,7 @@ class Pipeline:
         staged = transforms.to_staging(attributed, F.lit(ingested_at).cast("timestamp"))
         with self.timed("staging"):
             change = sinks.merge_staging(
-                self.spark, self.lake(sinks.STAGING), staged, dates, before_write, self.cfg.small_writes
+                self.spark, self.lake(sinks.STAGING), staged, dates, before_write, self.small_writes
             )
         try:
             crash_point("after_staging", self.raise_at)
@@ -422,7 +423,7 @@ class Pipeline:
             F.lit(batch_id).cast("long").alias("batch_id"),
         )
         path = self.lake(sinks.RAW_READINGS)
-        writer = sinks.writer_for(self.cfg.small_writes, path, rows=rows_count)
+        writer = sinks.writer_for(self.small_writes, path, rows=rows_count)
         sinks.append_idempotent(raw, path, app_id, batch_id, merge_schema=True, writer=writer)
 
     def _write_quarantine(
@@ -494,7 +495,7 @@ class Pipeline:
             }
             # Four independent tables: their writes run side by side (each commit
             # is mostly driver latency on small data).
-            writer = sinks.writer_for(self.cfg.small_writes, self.cfg.lake, dates=dates)
+            writer = sinks.writer_for(self.small_writes, self.cfg.lake, dates=dates)
             in_parallel(
                 [
                     partial(

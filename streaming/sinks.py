@@ -8,6 +8,7 @@ staging, so a batch replayed after a crash leaves every table as it was.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from pyspark.sql.types import DateType, StructType
 
 from streaming import schemas, small_writes
 from streaming.config import SMALL_WRITES
+
+log = logging.getLogger(__name__)
 
 STAGING = "staging/readings"
 RAW_READINGS = "raw/readings"
@@ -272,6 +275,17 @@ def update_attribution(spark: SparkSession, path: str, changed_df: DataFrame, co
         )
         .execute()
     )
+
+
+def small_writes_setting(spark: SparkSession, setting: str) -> str:
+    """`setting`, or `spark` when Hadoop's default file system is not the local one
+    (a plain path then names a table there, where delta-rs cannot write)."""
+    jsc = spark.sparkContext._jsc  # type: ignore[attr-defined]
+    default_fs = str(jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///")
+    if setting == "auto" and not default_fs.startswith("file:"):
+        log.info("small writes go through Spark: fs.defaultFS is %s", default_fs)
+        return "spark"
+    return setting
 
 
 def writer_for(setting: str, path: str, rows: int | None = None, dates: Sequence[date] | None = None) -> str:

@@ -1,30 +1,40 @@
-"""Small writes without a Spark job: Spark computes the rows, delta-rs commits them.
+"""Small writes without a Spark job for the commit: Spark computes, delta-rs commits.
 
 A one-file micro-batch writes a few dozen raw and staging rows and a few
 hundred presentation rows. Through Spark's Delta writer each of those six
 commits rebuilds the table's snapshot and runs several Spark jobs (about 1 s of
 CPU a table on 2 cores); delta-rs (the `deltalake` package) commits the same
-rows to the same table in about 10 ms. The rows come to the driver as Arrow,
-so only small writes take this path: raw and staging writes of at most
-`MAX_ROWS` rows, presentation refreshes of at most `MAX_DATES` dates; the
-driver's memory does not grow with the input. Both writers follow the Delta
-protocol: Spark reads, OPTIMIZEs and VACUUMs what delta-rs wrote, and the other
-way round, and they record idempotent appends (app id, batch id) alike.
+rows to the same table in about 10 ms. The rows come to the driver as Arrow
+(one Spark job, `toArrow`), so only small writes take this path: raw and
+staging writes of at most `MAX_ROWS` rows, presentation refreshes of at most
+`MAX_DATES` dates; the driver holds at most that many rows (times the table's
+width) of one write at a time. Both writers follow the Delta protocol: Spark
+reads, OPTIMIZEs and VACUUMs what delta-rs wrote, both record an idempotent
+append (app id, batch id) as a Delta app transaction, and delta-rs writes a
+log checkpoint as often as Spark does (every 10 commits unless the table says
+otherwise), so Spark's reads replay as few log files as before.
 
-Used for lakes on a local (or mounted) file system. delta-rs names object
-stores differently (`s3://`, not `s3a://`) and needs its own credentials, so a
-lake given as a URI is written by Spark.
+Only for tables on the local file system (a folder, or a `file:` URI without a
+host): delta-rs names object stores differently (`s3://`, not `s3a://`) and
+needs its own credentials, so any other lake is written by Spark. The table must
+exist (the pipeline creates every table at start-up): a missing one is an error,
+never a new table created where Spark does not look.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import DateType, StructType
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
 
 # Larger writes go through Spark: a presentation refresh of more local dates
 # would bring dates x 48 x products rows to the driver, a raw or staging write
@@ -33,16 +43,57 @@ MAX_DATES = 31
 MAX_ROWS = 100_000
 
 
+# Spark's default `delta.checkpointInterval`; delta-rs' own default is 100
+SPARK_CHECKPOINT_INTERVAL = 10
+
+
+class SmallWriteError(RuntimeError):
+    """A delta-rs write disagreed with what Spark computed for it; the batch fails."""
+
+
+def local_path(path: str) -> str | None:
+    """The local file-system path of a table location, or None when it is not local.
+
+    `/a/b`, `file:/a/b`, `file:///a/b` and `file://localhost/a/b` are local;
+    relative paths (Spark resolves them against `fs.defaultFS`), other schemes
+    and `file://otherhost/...` are not.
+    """
+    parts = urlsplit(path)
+    if parts.scheme == "":
+        return path if path.startswith("/") else None
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        return unquote(parts.path)
+    return None
+
+
 def is_local(path: str) -> bool:
-    """A plain path or a `file:` URI (delta-rs writes these); other schemes are not."""
-    return "://" not in path or path.startswith("file:")
+    """Whether delta-rs may write the table at `path` (see `local_path`)."""
+    return local_path(path) is not None
 
 
-def local_path(path: str) -> str:
-    """`file:/a/b` or `file:///a/b` -> `/a/b`; a plain path is kept."""
-    if path.startswith("file:"):
-        return "/" + path[len("file:") :].lstrip("/")
-    return path
+def _open(path: str) -> DeltaTable:
+    """The existing table at `path` (raises for a missing table or a non-local path)."""
+    from deltalake import DeltaTable
+
+    local = local_path(path)
+    if local is None:
+        raise ValueError(f"delta-rs writes only tables on the local file system, not {path}")
+    return DeltaTable(local)
+
+
+def _no_hook_checkpoint() -> Any:
+    from deltalake import PostCommitHookProperties
+
+    return PostCommitHookProperties(create_checkpoint=False)
+
+
+def _checkpoint_like_spark(table: DeltaTable) -> None:
+    """After a commit: a log checkpoint when Spark's writer would have written one."""
+    table.update_incremental()
+    version = table.version()
+    interval = int(table.metadata().configuration.get("delta.checkpointInterval", SPARK_CHECKPOINT_INTERVAL))
+    if version > 0 and interval > 0 and version % interval == 0:
+        table.create_checkpoint()
 
 
 def date_predicate(column: str, column_type: str, dates: Sequence[date], quote: bool = True) -> str:
@@ -94,15 +145,21 @@ def replace_dates(
     """
     from deltalake import write_deltalake
 
+    table = _open(path)
     target = arrow_schema(schema)
     data = fresh_df.toArrow().select(target.names).cast(target)
     if append:
-        write_deltalake(local_path(path), data, mode="append")
-        return
-    column_type = "date" if isinstance(schema[date_column].dataType, DateType) else "timestamp"
-    write_deltalake(
-        local_path(path), data, mode="overwrite", predicate=date_predicate(date_column, column_type, dates)
-    )
+        write_deltalake(table, data, mode="append", post_commithook_properties=_no_hook_checkpoint())
+    else:
+        column_type = "date" if isinstance(schema[date_column].dataType, DateType) else "timestamp"
+        write_deltalake(
+            table,
+            data,
+            mode="overwrite",
+            predicate=date_predicate(date_column, column_type, dates),
+            post_commithook_properties=_no_hook_checkpoint(),
+        )
+    _checkpoint_like_spark(table)
 
 
 def append_idempotent(
@@ -113,26 +170,31 @@ def append_idempotent(
     The commit records the pair as a Delta app transaction; a replay finds it
     (whichever writer recorded it) and writes nothing. `merge_schema`: columns
     the table lacks are added (strings, as raw's file columns are); columns it
-    has and `df` lacks are null.
+    has and `df` lacks are null. As in Spark's schema merge, a column that
+    differs from one of the table's only in case is that column.
     """
-    from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+    from deltalake import CommitProperties, Transaction, write_deltalake
 
-    table = DeltaTable(local_path(path))
+    table = _open(path)
     seen = table.transaction_version(app_id)
     if seen is not None and seen >= batch_id:
         return
     data = df.toArrow()
-    held = {f.name: f for f in pa.schema(table.schema().to_arrow())}
-    if not merge_schema and set(data.schema.names) - set(held):
-        raise ValueError(f"columns {sorted(set(data.schema.names) - set(held))} are not in the table {path}")
-    data = data.cast(pa.schema([held.get(f.name, pa.field(f.name, pa.string())) for f in data.schema]))
+    held = {f.name.lower(): f for f in pa.schema(table.schema().to_arrow())}
+    new = [name for name in data.schema.names if name.lower() not in held]
+    if new and not merge_schema:
+        raise SmallWriteError(f"columns {new} are not in the table {path}")
+    fields = [held.get(name.lower(), pa.field(name, pa.string())) for name in data.schema.names]
+    data = data.rename_columns([f.name for f in fields]).cast(pa.schema(fields))
     write_deltalake(
         table,
         data,
         mode="append",
         schema_mode="merge" if merge_schema else None,
         commit_properties=CommitProperties(app_transactions=[Transaction(app_id, batch_id)]),
+        post_commithook_properties=_no_hook_checkpoint(),
     )
+    _checkpoint_like_spark(table)
 
 
 def write_staging(
@@ -141,35 +203,39 @@ def write_staging(
     """Write classed staging rows: appended when none updates a held key, else one MERGE.
 
     `rows_df` holds one row per key, in the table's columns: `inserted` new keys
-    and `updated` keys whose values changed. The MERGE's own counts must agree;
-    a difference fails the batch (it would mean the classing was wrong).
+    and `updated` keys whose values changed. The MERGE's own counts must agree:
+    a difference fails the batch loudly. The MERGE is committed by then, so a
+    replay finds the rows equal and goes on; the error in the log is the report.
     """
-    from deltalake import DeltaTable, write_deltalake
-
+    table = _open(path)
     target = arrow_schema(schema)
     data = rows_df.toArrow().select(target.names).cast(target)
     if data.num_rows != inserted + updated:
-        raise RuntimeError(
+        raise SmallWriteError(
             f"staging: {data.num_rows} rows to write, classed {inserted} new + {updated} changed"
         )
     if data.num_rows == 0:
         return
     if updated == 0:
-        write_deltalake(local_path(path), data, mode="append")
+        from deltalake import write_deltalake
+
+        write_deltalake(table, data, mode="append", post_commithook_properties=_no_hook_checkpoint())
+        _checkpoint_like_spark(table)
         return
     on = " AND ".join(f't."{c}" = s."{c}"' for c in ("reading_date", "meterpoint_id", "interval_start"))
     metrics = (
-        DeltaTable(local_path(path))
-        .merge(
+        table.merge(
             source=data,
             predicate=f"({date_predicate('t.reading_date', 'date', dates, quote=False)}) AND {on}",
             source_alias="s",
             target_alias="t",
+            post_commithook_properties=_no_hook_checkpoint(),
         )
         .when_matched_update_all()
         .when_not_matched_insert_all()
         .execute()
     )
+    _checkpoint_like_spark(table)
     done = (metrics.get("num_target_rows_inserted"), metrics.get("num_target_rows_updated"))
     if done != (inserted, updated):
-        raise RuntimeError(f"staging MERGE inserted/updated {done}, classed ({inserted}, {updated})")
+        raise SmallWriteError(f"staging MERGE inserted/updated {done}, classed ({inserted}, {updated})")

@@ -193,3 +193,55 @@ def test_replacing_half_hour_dates_by_local_date_deletes_what_is_no_longer_produ
     )
     left = [r["interval_start_local"] for r in spark.read.format("delta").load(lake(table)).collect()]
     assert left == [datetime(2021, 7, 2, 0)]
+
+
+def test_staging_writes_give_the_same_rows_whichever_writer_commits_each(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Spark's writer and delta-rs take turns on one staging table (a lake sees small
+    and large batches): every row, summer instants included, is as either alone leaves it."""
+    summer = date(2021, 7, 1)
+
+    def in_summer(mp: str, slot: int, kwh: float) -> dict[str, Any]:
+        row = reading(mp, summer, slot, kwh)
+        row["interval_start"] -= timedelta(hours=1)  # local midnight is 23:00 UTC in summer
+        return row
+
+    deliveries = [
+        [reading("a", DAY1, 0, 0.5), reading("a", DAY1, 1, 0.25), in_summer("s", 0, 1.5)],
+        [reading("a", DAY1, 0, 0.75), reading("b", DAY1, 0, 0.5, agreement=None), in_summer("s", 0, 2.5)],
+        [reading("b", DAY1, 0, 0.5, agreement=2), in_summer("s", 1, 3.5)],
+        [reading("a", DAY1, 1, 0.125), reading("c", DAY2, 0, 1.0)],
+    ]
+    turns = {"mixed": ["spark", "auto", "spark", "auto"], "spark": ["spark"] * 4}
+    results = {}
+    for name, settings in turns.items():
+        lake = sinks.LakePaths(str(tmp_path / name))
+        sinks.create_tables(spark, lake, [sinks.STAGING])
+        for setting, rows in zip(settings, deliveries, strict=True):
+            dates = sorted({r["reading_date"] for r in rows})
+            change = sinks.merge_staging(
+                spark, lake(sinks.STAGING), frame(spark, rows), dates, small_writes_setting=setting
+            )
+            change.release()
+        table = spark.read.format("delta").load(lake(sinks.STAGING))
+        results[name] = sorted((tuple(r) for r in table.collect()), key=repr)
+        history = spark.sql(f"DESCRIBE HISTORY delta.`{lake(sinks.STAGING)}`")
+        engines = [
+            r[0].split("/")[0].split(":")[0]
+            for r in history.orderBy("version").select("engineInfo").collect()
+        ]
+        if name == "mixed":
+            assert engines[1:] == ["Apache-Spark", "delta-rs", "Apache-Spark", "delta-rs"]
+    assert results["mixed"] == results["spark"]
+    fields = schemas.STAGING_READINGS.fieldNames()
+    held = {(r[0], r[fields.index("interval_start_local")]): r for r in results["mixed"]}
+    assert len(held) == 6
+    s0 = held[("s", datetime(2021, 7, 1, 0, 0))]
+    # (pyspark hands TIMESTAMP over as the process's local wall clock: compare instants)
+    assert (
+        s0[fields.index("interval_start")].timestamp() == datetime(2021, 6, 30, 23, 0, tzinfo=UTC).timestamp()
+    )
+    assert s0[fields.index("consumption_kwh")] == 2.5
+    assert held[("b", datetime(2021, 1, 1, 0, 0))][fields.index("agreement_id")] == 2
+    assert held[("a", datetime(2021, 1, 1, 0, 30))][fields.index("consumption_kwh")] == 0.125

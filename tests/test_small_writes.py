@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable as RsTable
-from deltalake.exceptions import DeltaError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 from pyspark.sql import DataFrame, SparkSession
 
 from streaming import schemas, sinks, small_writes
@@ -65,8 +65,23 @@ def test_delta_rs_commits_only_small_writes_to_a_local_lake() -> None:
     assert choose("spark", "/data/lake/t", rows=1) == "spark"
     with pytest.raises(ValueError, match="small_writes must be one of"):
         choose("delta-rs", "/data/lake/t", rows=1)
-    assert small_writes.local_path("file:///data/lake/t") == "/data/lake/t"
-    assert small_writes.local_path("file:/data/lake/t") == "/data/lake/t"
+    assert choose("auto", "hdfs:/data/lake/t", rows=1) == "spark"
+    assert choose("auto", "data/lake/t", rows=1) == "spark"  # Spark resolves it against fs.defaultFS
+    local = small_writes.local_path
+    assert local("/data/lake/t") == "/data/lake/t"
+    assert local("file:///data/lake/t") == local("file:/data/lake/t") == "/data/lake/t"
+    assert local("file://localhost/data/my%20lake") == "/data/my lake"
+    assert local("file://otherhost/data/lake") is None
+    assert local("C:/data/lake") is None
+
+
+def test_delta_rs_never_creates_a_table_the_pipeline_did_not(spark: SparkSession, tmp_path: Path) -> None:
+    missing = tmp_path / "lake" / "presentation" / "total_consumption_half_hour"
+    with pytest.raises(TableNotFoundError):
+        sinks.replace_dates(
+            spark, str(missing), sinks.HALF_HOUR, half_hours(spark, WINTER, 1.0), [WINTER], writer="delta-rs"
+        )
+    assert not (missing / "_delta_log").exists()
 
 
 def test_delta_rs_and_spark_write_the_same_rows_and_schema(spark: SparkSession, tmp_path: Path) -> None:
@@ -119,10 +134,14 @@ def test_spark_reads_compacts_and_vacuums_what_delta_rs_wrote_and_delta_rs_goes_
         sinks.replace_dates(
             spark, lake(table), table, half_hours(spark, day, 0.1 * i), [day], append=True, writer="delta-rs"
         )
-    sinks.replace_dates(
-        spark, lake(table), table, half_hours(spark, days[0], 7.0), [days[0]], writer="delta-rs"
-    )
-    RsTable(lake(table)).create_checkpoint()  # Spark must read delta-rs' checkpoint too
+    for kwh in (2.0, 3.0, 4.0, 5.0, 6.0, 7.0):  # versions 5..10: 7.0 stays
+        sinks.replace_dates(
+            spark, lake(table), table, half_hours(spark, days[0], kwh), [days[0]], writer="delta-rs"
+        )
+    # delta-rs checkpoints at version 10, as Spark's writer would (Spark reads it below)
+    assert RsTable(lake(table)).version() == 10
+    checkpoints = [p.name for p in (Path(lake(table)) / "_delta_log").glob("*.checkpoint.parquet")]
+    assert checkpoints == ["00000000000000000010.checkpoint.parquet"]
     expected = sorted(
         [tuple(r) for r in half_hours(spark, days[0], 7.0).collect()]
         + [tuple(r) for i, day in enumerate(days[1:], 1) for r in half_hours(spark, day, 0.1 * i).collect()]
@@ -179,6 +198,8 @@ def test_raw_appends_by_either_writer_merge_new_columns_alike_and_are_skipped_wh
             1,
             {"consumption_delta": ["0.25"], "interval_start": ["2021-01-01 00:30:00"], "note": ["x"]},
         ),
+        # the same column in other letters is that column, as in Spark's schema merge
+        raw_batch(spark, 2, {"NOTE": ["y"], "Meterpoint_ID": ["b"]}),
     ]
     written = {}
     for writer in ("spark", "delta-rs"):
@@ -199,13 +220,13 @@ def test_raw_appends_by_either_writer_merge_new_columns_alike_and_are_skipped_wh
             .select("engineInfo")
             .collect()
         }
-        written[writer] = (table.schema, sorted(tuple(r) for r in table.collect()), engines)
+        written[writer] = (table.schema, sorted((tuple(r) for r in table.collect()), key=repr), engines)
     assert written["spark"][:2] == written["delta-rs"][:2]
     schema, rows, _ = written["delta-rs"]
-    assert schema.fieldNames()[-1] == "note" and len(rows) == 2
+    assert schema.fieldNames()[-1] == "note" and len(rows) == 3
     assert written["spark"][2] == {"Apache-Spark"} and written["delta-rs"][2] == {"delta-rs"}
     # another query (a new checkpoint) is not taken for a replay
     sinks.append_idempotent(
         batches[0], lake(sinks.RAW_READINGS), "query-2", 0, merge_schema=True, writer="delta-rs"
     )
-    assert spark.read.format("delta").load(lake(sinks.RAW_READINGS)).count() == 3
+    assert spark.read.format("delta").load(lake(sinks.RAW_READINGS)).count() == 4
