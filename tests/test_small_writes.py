@@ -230,3 +230,18 @@ def test_raw_appends_by_either_writer_merge_new_columns_alike_and_are_skipped_wh
         batches[0], lake(sinks.RAW_READINGS), "query-2", 0, merge_schema=True, writer="delta-rs"
     )
     assert spark.read.format("delta").load(lake(sinks.RAW_READINGS)).count() == 4
+
+
+def test_a_default_file_system_other_than_the_local_one_sends_every_write_to_spark(
+    spark: SparkSession,
+) -> None:
+    """With `fs.defaultFS` on HDFS, Spark reads a plain path `/lake/...` there, not here."""
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    before = hadoop.get("fs.defaultFS")
+    try:
+        hadoop.set("fs.defaultFS", "hdfs://namenode:8020")
+        assert sinks.small_writes_setting(spark, "auto") == "spark"
+    finally:
+        hadoop.set("fs.defaultFS", before)
+    assert sinks.small_writes_setting(spark, "auto") == "auto"
+    assert sinks.small_writes_setting(spark, "spark") == "spark"
