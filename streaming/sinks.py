@@ -229,6 +229,7 @@ def merge_staging(
                 path,
                 conform(rows, schemas.STAGING_READINGS),
                 schemas.STAGING_READINGS,
+                STAGING_KEYS,
                 dates,
                 inserted,
                 updated,

@@ -82,9 +82,18 @@ def _open(path: str) -> DeltaTable:
 
 
 def _no_hook_checkpoint() -> Any:
+    """delta-rs' own checkpoint hook off: `_checkpoint_like_spark` decides instead."""
     from deltalake import PostCommitHookProperties
 
     return PostCommitHookProperties(create_checkpoint=False)
+
+
+def _write(table: DeltaTable, data: pa.Table, **options: Any) -> None:
+    """One `write_deltalake` commit to the open table, then a checkpoint where Spark makes one."""
+    from deltalake import write_deltalake
+
+    write_deltalake(table, data, post_commithook_properties=_no_hook_checkpoint(), **options)
+    _checkpoint_like_spark(table)
 
 
 def _checkpoint_like_spark(table: DeltaTable) -> None:
@@ -128,6 +137,12 @@ def arrow_schema(schema: StructType) -> pa.Schema:
     return to_arrow_schema(schema, timezone="UTC")
 
 
+def _arrow_rows(df: DataFrame, schema: StructType) -> pa.Table:
+    """`df`'s rows on the driver, in the table's Arrow schema (NOT NULL columns included)."""
+    target = arrow_schema(schema)
+    return df.toArrow().select(target.names).cast(target)
+
+
 def replace_dates(
     path: str,
     fresh_df: DataFrame,
@@ -143,23 +158,13 @@ def replace_dates(
     fresh ones atomically, and refuses a fresh row outside `dates`. `append=True`:
     the caller knows the table holds no row of `dates`.
     """
-    from deltalake import write_deltalake
-
     table = _open(path)
-    target = arrow_schema(schema)
-    data = fresh_df.toArrow().select(target.names).cast(target)
+    data = _arrow_rows(fresh_df, schema)
     if append:
-        write_deltalake(table, data, mode="append", post_commithook_properties=_no_hook_checkpoint())
+        _write(table, data, mode="append")
     else:
         column_type = "date" if isinstance(schema[date_column].dataType, DateType) else "timestamp"
-        write_deltalake(
-            table,
-            data,
-            mode="overwrite",
-            predicate=date_predicate(date_column, column_type, dates),
-            post_commithook_properties=_no_hook_checkpoint(),
-        )
-    _checkpoint_like_spark(table)
+        _write(table, data, mode="overwrite", predicate=date_predicate(date_column, column_type, dates))
 
 
 def append_idempotent(
@@ -173,7 +178,7 @@ def append_idempotent(
     has and `df` lacks are null. As in Spark's schema merge, a column that
     differs from one of the table's only in case is that column.
     """
-    from deltalake import CommitProperties, Transaction, write_deltalake
+    from deltalake import CommitProperties, Transaction
 
     table = _open(path)
     seen = table.transaction_version(app_id)
@@ -186,30 +191,34 @@ def append_idempotent(
         raise SmallWriteError(f"columns {new} are not in the table {path}")
     fields = [held.get(name.lower(), pa.field(name, pa.string())) for name in data.schema.names]
     data = data.rename_columns([f.name for f in fields]).cast(pa.schema(fields))
-    write_deltalake(
+    _write(
         table,
         data,
         mode="append",
         schema_mode="merge" if merge_schema else None,
         commit_properties=CommitProperties(app_transactions=[Transaction(app_id, batch_id)]),
-        post_commithook_properties=_no_hook_checkpoint(),
     )
-    _checkpoint_like_spark(table)
 
 
 def write_staging(
-    path: str, rows_df: DataFrame, schema: StructType, dates: Sequence[date], inserted: int, updated: int
+    path: str,
+    rows_df: DataFrame,
+    schema: StructType,
+    keys: Sequence[str],
+    dates: Sequence[date],
+    inserted: int,
+    updated: int,
 ) -> None:
     """Write classed staging rows: appended when none updates a held key, else one MERGE.
 
-    `rows_df` holds one row per key, in the table's columns: `inserted` new keys
-    and `updated` keys whose values changed. The MERGE's own counts must agree:
+    `rows_df` holds one row per key (`keys`, the first the `reading_date`
+    partition), in the table's columns: `inserted` new keys and `updated` keys
+    whose values changed. The MERGE's own counts must agree:
     a difference fails the batch loudly. The MERGE is committed by then, so a
     replay finds the rows equal and goes on; the error in the log is the report.
     """
     table = _open(path)
-    target = arrow_schema(schema)
-    data = rows_df.toArrow().select(target.names).cast(target)
+    data = _arrow_rows(rows_df, schema)
     if data.num_rows != inserted + updated:
         raise SmallWriteError(
             f"staging: {data.num_rows} rows to write, classed {inserted} new + {updated} changed"
@@ -217,16 +226,13 @@ def write_staging(
     if data.num_rows == 0:
         return
     if updated == 0:
-        from deltalake import write_deltalake
-
-        write_deltalake(table, data, mode="append", post_commithook_properties=_no_hook_checkpoint())
-        _checkpoint_like_spark(table)
+        _write(table, data, mode="append")
         return
-    on = " AND ".join(f't."{c}" = s."{c}"' for c in ("reading_date", "meterpoint_id", "interval_start"))
+    on = " AND ".join(f't."{c}" = s."{c}"' for c in keys)
     metrics = (
         table.merge(
             source=data,
-            predicate=f"({date_predicate('t.reading_date', 'date', dates, quote=False)}) AND {on}",
+            predicate=f"({date_predicate(f't.{keys[0]}', 'date', dates, quote=False)}) AND {on}",
             source_alias="s",
             target_alias="t",
             post_commithook_properties=_no_hook_checkpoint(),

@@ -47,6 +47,16 @@ def make_config(tmp: Path, readings: Path | None = None, db: Path | None = None,
     )
 
 
+def commits(spark: SparkSession, path: str) -> list[tuple[str, str]]:
+    """(operation, engine) of each commit after the table's creation, oldest first;
+    the engine is `Apache-Spark` or `delta-rs` (the product in `engineInfo`)."""
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").filter("operation != 'CREATE TABLE'")
+    return [
+        (operation, engine.split("/")[0].split(":")[0])
+        for operation, engine in history.orderBy("version").select("operation", "engineInfo").collect()
+    ]
+
+
 def read_tables(spark: SparkSession, lake: str, names: list[str]) -> dict[str, list[dict[str, Any]]]:
     """Lake tables as lists of dicts (small test data only)."""
     return {

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_config, read_tables
+from conftest import ROOT, commits, make_config, read_tables
 from pyspark.sql import SparkSession
 from reference import (
     TABLE_KEYS,
@@ -89,8 +89,5 @@ def test_run_stream_first_run_second_delivery_and_idempotent_rerun(
     assert "staging/readings" in done.stdout
     # both writers committed to the tables the batches write
     for name in ("raw/readings", "staging/readings", "presentation/total_consumption_half_hour"):
-        history = spark.sql(f"DESCRIBE HISTORY delta.`{cfg.lake}/{name}`").filter(
-            "operation != 'CREATE TABLE'"
-        )
-        engines = {r[0].split("/")[0].split(":")[0] for r in history.select("engineInfo").collect()}
+        engines = {engine for _, engine in commits(spark, f"{cfg.lake}/{name}")}
         assert engines == {"Apache-Spark", "delta-rs"}, (name, engines)

@@ -6,6 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import commits
 from deltalake import DeltaTable as RsTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 from pyspark.sql import DataFrame, SparkSession
@@ -213,13 +214,7 @@ def test_raw_appends_by_either_writer_merge_new_columns_alike_and_are_skipped_wh
             sinks.append_idempotent(batches[1], path, "query-1", 1, merge_schema=True, writer=again)
             sinks.append_idempotent(batches[0], path, "query-1", 0, merge_schema=True, writer=again)
         table = spark.read.format("delta").load(path)
-        engines = {
-            r[0].split("/")[0].split(":")[0]
-            for r in spark.sql(f"DESCRIBE HISTORY delta.`{path}`")
-            .filter("operation != 'CREATE TABLE'")
-            .select("engineInfo")
-            .collect()
-        }
+        engines = {engine for _, engine in commits(spark, path)}
         written[writer] = (table.schema, sorted((tuple(r) for r in table.collect()), key=repr), engines)
     assert written["spark"][:2] == written["delta-rs"][:2]
     schema, rows, _ = written["delta-rs"]
