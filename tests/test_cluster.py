@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,14 +50,14 @@ CLUSTER_SPARK = {
     "spark.executor.cores": "1",
     "spark.cores.max": "1",
 }
-WORKER_TIMEOUT = 180  # s for the master to come up and the worker to register
+# the master's REST submission server would take the fixed port 6066: not needed here
+MASTER_OPTS = "-Dspark.master.rest.enabled=false"
+MASTER_TIMEOUT = 120  # s for the master to bind its ports
+WORKER_TIMEOUT = 180  # s for the worker to register
 RUN_TIMEOUT = 900  # s for run_stream.py on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# what the master logs once bound: its URL, then its web UI's port
+MASTER_URL = re.compile(r"Starting Spark master at (spark://\S+)")
+MASTER_UI = re.compile(r"Successfully started service 'MasterUI' on port (\d+)")
 
 
 class Cluster:
@@ -65,8 +65,10 @@ class Cluster:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.port, self.master_ui, self.worker_ui = free_port(), free_port(), free_port()
-        self.url = f"spark://127.0.0.1:{self.port}"
+        # set by start() from the master's log: every port is chosen by the process that binds
+        # it (port 0), since a port picked here and freed could be taken before the JVM binds it
+        self.url = ""
+        self.master_ui = 0
         self.log_dir = tmp / "spark-logs"
         self.worker_dir = tmp / "spark-work"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +83,7 @@ class Cluster:
             "SPARK_LOG_DIR": str(self.log_dir),
             "SPARK_WORKER_DIR": str(self.worker_dir),
             "SPARK_LOCAL_DIRS": str(tmp / "spark-local"),  # executors' scratch space
+            "SPARK_MASTER_OPTS": MASTER_OPTS,
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
         }
@@ -103,13 +106,16 @@ class Cluster:
         )
 
     def start(self) -> None:
+        """The master on ports it chooses, then, once its log names them, the worker."""
         self._start(
             "master",
             "org.apache.spark.deploy.master.Master",
             "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--webui-port", str(self.master_ui),
+            "--port", "0",
+            "--webui-port", "0",
         )  # fmt: skip
+        url, ui = self._wait_for_master()
+        self.url, self.master_ui = url, int(ui)
         self._start(
             "worker",
             "org.apache.spark.deploy.worker.Worker",
@@ -117,9 +123,22 @@ class Cluster:
             "--host", "127.0.0.1",
             "--cores", "1",
             "--memory", "1g",
-            "--webui-port", str(self.worker_ui),
+            "--webui-port", "0",
             "--work-dir", str(self.worker_dir),
         )  # fmt: skip
+
+    def _wait_for_master(self, timeout: float = MASTER_TIMEOUT) -> tuple[str, str]:
+        log = self.log_dir / "master.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs[0].poll() is not None:
+                raise AssertionError(f"master exited ({self.procs[0].returncode}):\n{self.logs()}")
+            text = log.read_text(errors="replace")
+            url, ui = MASTER_URL.search(text), MASTER_UI.search(text)
+            if url and ui:
+                return url.group(1), ui.group(1)
+            time.sleep(0.5)
+        raise AssertionError(f"master named no URL and web UI after {timeout} s:\n{self.logs()}")
 
     def state(self) -> dict | None:
         try:
