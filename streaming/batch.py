@@ -340,7 +340,9 @@ class Pipeline:
                     wait_all(appends)
                     crash_point("after_raw", self.raise_at)
 
-                staged = pool.submit(self._stage, parsed, sorted(shape.dates), ingested_at, appended)
+                staged = pool.submit(
+                    self._stage, parsed, sorted(shape.dates), ingested_at, appended, counts["rows"]
+                )
                 wait_all([*appends, staged])
                 counts.update(staged.result())
             # repeated deliveries, and rows another row of the batch superseded
@@ -366,11 +368,17 @@ class Pipeline:
         log.info("batch %s", json.dumps(line, default=str))
 
     def _stage(
-        self, parsed: DataFrame, dates: list[date], ingested_at: datetime, before_write: Callable[[], None]
+        self,
+        parsed: DataFrame,
+        dates: list[date],
+        ingested_at: datetime,
+        before_write: Callable[[], None],
+        rows: int,
     ) -> dict[str, int]:
         """Latest wins within the batch, point-in-time join, staging write, presentation.
 
-        `before_write` runs before staging is changed (it waits for the raw append).
+        `before_write` runs before staging is changed (it waits for the raw append);
+        `rows` is the batch's row count (at least the rows staging can get).
         """
         assert self.dims is not None
         if not dates:
@@ -381,7 +389,7 @@ class Pipeline:
         staged = transforms.to_staging(attributed, F.lit(ingested_at).cast("timestamp"))
         with self.timed("staging"):
             change = sinks.merge_staging(
-                self.spark, self.lake(sinks.STAGING), staged, dates, before_write, self.small_writes
+                self.spark, self.lake(sinks.STAGING), staged, dates, before_write, self.small_writes, rows
             )
         try:
             crash_point("after_staging", self.raise_at)
@@ -478,12 +486,11 @@ class Pipeline:
         """
         append = new_dates_rows is not None
         if new_dates_rows is None:
-            staging = (
-                self.spark.read.format("delta")
-                .load(self.lake(sinks.STAGING))
-                .filter(F.col("reading_date").isin(list(dates)))
-                .persist()
+            staging, read = sinks.staging_of_dates(
+                self.spark, self.lake(sinks.STAGING), dates, self.small_writes
             )
+            if read is None:  # read by Spark: once for the four aggregates
+                staging = staging.persist()
         else:
             staging = new_dates_rows
         try:
@@ -507,7 +514,7 @@ class Pipeline:
             )
         finally:
             if not append:
-                staging.unpersist()
+                staging.unpersist()  # a no-op for rows delta-rs read
 
 
 def in_parallel(tasks: Sequence[Callable[[], object]], after_first: Callable[[], None] | None = None) -> None:

@@ -166,15 +166,30 @@ class StagingChange:
     inserted: int
     updated: int
     dates_were_empty: bool
-    classed: DataFrame  # the batch's new and changed rows with their `_change`, cached
-
-    @property
-    def written(self) -> DataFrame:
-        """The rows written, in staging's columns (cached until `release()`)."""
-        return self.classed.drop("_change")
+    written: DataFrame  # the rows written, in staging's columns
+    cached: DataFrame | None = None  # what `written` reads from Spark's cache, until `release()`
 
     def release(self) -> None:
-        self.classed.unpersist()
+        if self.cached is not None:
+            self.cached.unpersist()
+
+
+def staging_of_dates(
+    spark: SparkSession, path: str, dates: Sequence[date], setting: str = "spark"
+) -> tuple[DataFrame, int | None]:
+    """Staging's rows of the local `dates` (a partition filter: no other date is read),
+    and their number when delta-rs read them (None when Spark reads them).
+
+    With `setting="auto"` and few enough rows (`small_writes.read_partitions`),
+    delta-rs reads them (a few ms, where Spark would first rebuild the table's
+    snapshot after each delta-rs commit, about 0.5 s) and Spark gets them as a
+    DataFrame of driver-side rows; otherwise Spark reads the table.
+    """
+    if writer_for(setting, path) == "delta-rs":
+        rows = small_writes.read_partitions(path, "reading_date", dates, schemas.STAGING_READINGS)
+        if rows is not None:
+            return spark.createDataFrame(rows, schema=schemas.STAGING_READINGS), rows.num_rows
+    return spark.read.format("delta").load(path).filter(F.col("reading_date").isin(list(dates))), None
 
 
 def merge_staging(
@@ -184,6 +199,7 @@ def merge_staging(
     dates: Sequence[date],
     before_write: Callable[[], None] = lambda: None,
     small_writes_setting: str = "spark",
+    batch_rows: int | None = None,
 ) -> StagingChange:
     """Upsert one reading per key; the later batch wins, an equal value changes nothing.
 
@@ -195,11 +211,17 @@ def merge_staging(
     row per key (`transforms.latest_wins`). `before_write` runs once the rows are
     classed, before staging is changed. The append relies on one writer per lake
     (the classes are read from the snapshot the append then extends).
-    `small_writes_setting="auto"` lets delta-rs commit a small write (`writer_for`).
+
+    `small_writes_setting="auto"` lets delta-rs read the dates' rows and commit a
+    small write (`staging_of_dates`, `writer_for`). When delta-rs read them and
+    the batch's `batch_rows` make a small write, the classing is one Spark job
+    whose rows come to the driver as Arrow: they are counted and committed from
+    there, and `written` is made of them (no cache, no second job).
     """
-    current = spark.read.format("delta").load(path).filter(F.col("reading_date").isin(list(dates)))
-    # partition pruning on the snapshot's file list: no scan of the data
-    dates_were_empty = not current.inputFiles()
+    current, read = staging_of_dates(spark, path, dates, small_writes_setting)
+    # the rows delta-rs read, or partition pruning on the snapshot's file list (no
+    # scan of the data)
+    dates_were_empty = read == 0 if read is not None else not current.inputFiles()
     if dates_were_empty:
         changed = batch_df.withColumn("_change", F.lit("insert"))
     else:
@@ -208,6 +230,8 @@ def merge_staging(
             *[F.col(c).alias(f"_held_{c}") for c in STAGING_COMPARED],
             F.lit(True).alias("_held"),
         )
+        if read is not None:  # driver-side rows, at most small_writes.MAX_READ_ROWS
+            held = F.broadcast(held)
         same = reduce(
             lambda acc, c: acc & F.col(c).eqNullSafe(F.col(f"_held_{c}")), STAGING_COMPARED, F.lit(True)
         )
@@ -217,25 +241,36 @@ def merge_staging(
             .select(*batch_df.columns, kind.alias("_change"))
             .filter(F.col("_change").isNotNull())
         )
+    if (
+        read is not None
+        and batch_rows is not None
+        and writer_for(small_writes_setting, path, rows=batch_rows) == "delta-rs"
+    ):
+        rows, inserted, updated = small_writes.classed_rows(
+            conform(changed, schemas.STAGING_READINGS, "_change"), schemas.STAGING_READINGS
+        )
+        before_write()
+        small_writes.write_staging(path, rows, STAGING_KEYS, dates, inserted, updated)
+        written = spark.createDataFrame(rows, schema=schemas.STAGING_READINGS)
+        return StagingChange(inserted, updated, dates_were_empty, written)
     changed = changed.persist()
     try:
         counts = {row[0]: int(row[1]) for row in changed.groupBy("_change").count().collect()}
         inserted, updated = counts.get("insert", 0), counts.get("update", 0)
-        change = StagingChange(inserted, updated, dates_were_empty, changed)
-        rows = change.written
+        change = StagingChange(inserted, updated, dates_were_empty, changed.drop("_change"), changed)
+        rows_df = conform(change.written, schemas.STAGING_READINGS)
         before_write()
         if writer_for(small_writes_setting, path, rows=inserted + updated) == "delta-rs":
             small_writes.write_staging(
                 path,
-                conform(rows, schemas.STAGING_READINGS),
-                schemas.STAGING_READINGS,
+                small_writes.arrow_rows(rows_df, schemas.STAGING_READINGS),
                 STAGING_KEYS,
                 dates,
                 inserted,
                 updated,
             )
         elif updated == 0 and inserted > 0:
-            conform(rows, schemas.STAGING_READINGS).write.format("delta").mode("append").save(path)
+            rows_df.write.format("delta").mode("append").save(path)
         elif updated > 0:
             on = F.col("t.reading_date").isin(list(dates)) & reduce(
                 lambda acc, c: acc & (F.col(f"t.{c}") == F.col(f"s.{c}")), STAGING_KEYS, F.lit(True)
@@ -243,7 +278,7 @@ def merge_staging(
             (
                 DeltaTable.forPath(spark, path)
                 .alias("t")
-                .merge(rows.alias("s"), on)
+                .merge(rows_df.alias("s"), on)
                 .whenMatchedUpdateAll()
                 .whenNotMatchedInsertAll()
                 .execute()
@@ -254,9 +289,9 @@ def merge_staging(
     return change
 
 
-def conform(df: DataFrame, schema: StructType) -> DataFrame:
-    """`df`'s columns in the table's order and types."""
-    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+def conform(df: DataFrame, schema: StructType, *keep: str) -> DataFrame:
+    """`df`'s columns in the table's order and types (then the columns `keep` as they are)."""
+    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields], *keep)
 
 
 def update_attribution(spark: SparkSession, path: str, changed_df: DataFrame, columns: Sequence[str]) -> None:

@@ -14,6 +14,11 @@ append (app id, batch id) as a Delta app transaction, and delta-rs writes a
 log checkpoint as often as Spark does (every 10 commits unless the table says
 otherwise), so Spark's reads replay as few log files as before.
 
+delta-rs also reads staging's rows of a small batch's dates (`read_partitions`):
+Spark's first read of a table after a delta-rs commit rebuilds its snapshot
+(about 0.5 s), and a batch read staging twice (to class its rows, then to
+recompute presentation).
+
 Only for tables on the local file system (a folder, or a `file:` URI without a
 host): delta-rs names object stores differently (`s3://`, not `s3a://`) and
 needs its own credentials, so any other lake is written by Spark. The table must
@@ -29,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import DateType, StructType
@@ -41,6 +47,13 @@ if TYPE_CHECKING:
 # of more rows a backfill's worth.
 MAX_DATES = 31
 MAX_ROWS = 100_000
+# A small batch's read of staging's rows of its dates (to class its rows, and to
+# recompute presentation) goes through delta-rs when the dates hold at most this
+# many rows (about 10,000 meterpoints a date); Spark reads larger ones.
+MAX_READ_ROWS = 500_000
+# reader features delta-rs' Arrow reader is known here to read as Spark does
+# (a table with deletion vectors or column mapping is read by Spark)
+READABLE_FEATURES = frozenset({"timestampNtz"})
 
 
 # Spark's default `delta.checkpointInterval`; delta-rs' own default is 100
@@ -105,6 +118,35 @@ def _checkpoint_like_spark(table: DeltaTable) -> None:
         table.create_checkpoint()
 
 
+def read_partitions(path: str, column: str, dates: Sequence[date], schema: StructType) -> pa.Table | None:
+    """The rows of the table at `path` whose partition `column` is one of `dates`.
+
+    In the table's Arrow schema (`arrow_schema`); None when Spark should read them
+    instead: the table is not local or uses a reader feature outside
+    `READABLE_FEATURES`, a file of those dates has no row count in the log, or
+    they hold more than `MAX_READ_ROWS` rows. Only the log (already replayed by
+    delta-rs, a few ms) is consulted before deciding, no data file.
+    """
+    if not is_local(path):
+        return None
+    table = _open(path)
+    if not set(table.protocol().reader_features or ()) <= READABLE_FEATURES:
+        return None
+    wanted = sorted({d.isoformat() for d in dates})
+    if not wanted:
+        raise ValueError("no dates to read")
+    target = arrow_schema(schema)
+    files = pa.table(table.get_add_actions(flatten=True))
+    if files.num_rows == 0:  # an empty table's actions have no partition column
+        return target.empty_table()
+    in_dates = pc.is_in(files[f"partition.{column}"].cast(pa.string()), value_set=pa.array(wanted))
+    counts = files.filter(in_dates)["num_records"]
+    if counts.null_count or (pc.sum(counts).as_py() or 0) > MAX_READ_ROWS:
+        return None
+    rows = table.to_pyarrow_table(filters=[(column, "in", wanted)])
+    return rows.select(target.names).cast(target)
+
+
 def date_predicate(column: str, column_type: str, dates: Sequence[date], quote: bool = True) -> str:
     """A delta-rs (DataFusion SQL) predicate selecting the rows of the local `dates`.
 
@@ -137,7 +179,7 @@ def arrow_schema(schema: StructType) -> pa.Schema:
     return to_arrow_schema(schema, timezone="UTC")
 
 
-def _arrow_rows(df: DataFrame, schema: StructType) -> pa.Table:
+def arrow_rows(df: DataFrame, schema: StructType) -> pa.Table:
     """`df`'s rows on the driver, in the table's Arrow schema (NOT NULL columns included)."""
     target = arrow_schema(schema)
     return df.toArrow().select(target.names).cast(target)
@@ -159,7 +201,7 @@ def replace_dates(
     the caller knows the table holds no row of `dates`.
     """
     table = _open(path)
-    data = _arrow_rows(fresh_df, schema)
+    data = arrow_rows(fresh_df, schema)
     if append:
         _write(table, data, mode="append")
     else:
@@ -200,10 +242,22 @@ def append_idempotent(
     )
 
 
+def classed_rows(df: DataFrame, schema: StructType) -> tuple[pa.Table, int, int]:
+    """The classed rows of `df` on the driver (one Spark job): in the table's Arrow
+    schema, with how many are new (`_change` = insert) and changed (update)."""
+    data = df.toArrow()
+    kinds = data["_change"]
+    inserted = pc.sum(pc.equal(kinds, "insert")).as_py() or 0
+    updated = pc.sum(pc.equal(kinds, "update")).as_py() or 0
+    if inserted + updated != data.num_rows:
+        raise SmallWriteError(f"staging: {data.num_rows} classed rows, {inserted} new + {updated} changed")
+    target = arrow_schema(schema)
+    return data.select(target.names).cast(target), inserted, updated
+
+
 def write_staging(
     path: str,
-    rows_df: DataFrame,
-    schema: StructType,
+    data: pa.Table,
     keys: Sequence[str],
     dates: Sequence[date],
     inserted: int,
@@ -211,14 +265,13 @@ def write_staging(
 ) -> None:
     """Write classed staging rows: appended when none updates a held key, else one MERGE.
 
-    `rows_df` holds one row per key (`keys`, the first the `reading_date`
-    partition), in the table's columns: `inserted` new keys and `updated` keys
-    whose values changed. The MERGE's own counts must agree:
+    `data` holds one row per key (`keys`, the first the `reading_date`
+    partition), in the table's Arrow schema: `inserted` new keys and `updated`
+    keys whose values changed. The MERGE's own counts must agree:
     a difference fails the batch loudly. The MERGE is committed by then, so a
     replay finds the rows equal and goes on; the error in the log is the report.
     """
     table = _open(path)
-    data = _arrow_rows(rows_df, schema)
     if data.num_rows != inserted + updated:
         raise SmallWriteError(
             f"staging: {data.num_rows} rows to write, classed {inserted} new + {updated} changed"

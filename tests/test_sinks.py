@@ -10,7 +10,7 @@ import pytest
 from conftest import commits
 from pyspark.sql import DataFrame, SparkSession
 
-from streaming import schemas, sinks
+from streaming import schemas, sinks, small_writes
 
 DAY1, DAY2, DAY3 = date(2021, 1, 1), date(2021, 1, 2), date(2021, 1, 3)
 INGESTED = datetime(2026, 11, 29, 12, 0)
@@ -54,23 +54,32 @@ def staged(spark: SparkSession, path: str) -> dict[tuple[str, int], tuple[float,
 def write(spark: SparkSession, path: str, rows: list[dict[str, Any]]) -> sinks.StagingChange:
     dates = sorted({r["reading_date"] for r in rows})
     setting = path.setting if isinstance(path, StagingTable) else "spark"
-    change = sinks.merge_staging(spark, path, frame(spark, rows), dates, small_writes_setting=setting)
+    batch_rows = len(rows) if isinstance(path, StagingTable) and path.rows_known else None
+    change = sinks.merge_staging(
+        spark, path, frame(spark, rows), dates, small_writes_setting=setting, batch_rows=batch_rows
+    )
     change.release()
     return change
 
 
 class StagingTable(str):
-    """The staging table's path, and who commits the writes (`small_writes`: Spark, or delta-rs)."""
+    """The staging table's path, who commits the writes (`small_writes`: Spark, or
+    delta-rs), and whether the writes tell the batch's row count."""
 
     setting: str
+    rows_known: bool
 
 
-@pytest.fixture(params=["spark", "auto"])
+@pytest.fixture(params=["spark", "auto", "auto+rows"])
 def staging(spark: SparkSession, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     lake = sinks.LakePaths(str(tmp_path / "lake"))
     sinks.create_tables(spark, lake, [sinks.STAGING])
     path = StagingTable(lake(sinks.STAGING))
-    path.setting = request.param  # "auto": these small writes are committed by delta-rs
+    # "auto": these small writes are committed by delta-rs, which also reads the
+    # dates' rows; "+rows": the batch's row count is known, so the classed rows
+    # come to the driver in one job (merge_staging's small path)
+    path.setting, _, rows = request.param.partition("+")
+    path.rows_known = rows == "rows"
     return path
 
 
@@ -128,6 +137,51 @@ def test_staging_write_knows_when_its_dates_held_nothing(spark: SparkSession, st
 
 
 WRITERS = ("spark", "delta-rs")
+
+
+def test_staging_of_dates_read_by_delta_rs_equals_sparks_read_and_large_or_unreadable_go_to_spark(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows a small batch classes against and recomputes presentation from: delta-rs
+    reads exactly what Spark reads (types, NULLs, summer instants), and leaves to Spark a
+    read over `MAX_READ_ROWS` rows or of a table with a reader feature it is not trusted with."""
+    summer = date(2021, 7, 1)
+    in_summer = reading("s", summer, 0, 1.5, agreement=None)
+    in_summer["interval_start"] -= timedelta(hours=1)  # local midnight is 23:00 UTC in summer
+    lake = sinks.LakePaths(str(tmp_path / "lake"))
+    sinks.create_tables(spark, lake, [sinks.STAGING])
+    path = lake(sinks.STAGING)
+
+    empty, count = sinks.staging_of_dates(spark, path, [DAY1], "auto")
+    assert (count, empty.count()) == (0, 0)  # an empty table: no file, no partition column
+    rows = [reading("a", DAY1, 0, 0.5), reading("a", DAY1, 1, 0.25), reading("b", DAY2, 0, 2.0), in_summer]
+    frame(spark, rows).write.format("delta").mode("append").save(path)
+
+    def collected(df: DataFrame) -> list[tuple]:
+        return sorted((tuple(r) for r in df.collect()), key=repr)
+
+    by_spark, none = sinks.staging_of_dates(spark, path, [DAY1, summer], "spark")
+    by_rs, count = sinks.staging_of_dates(spark, path, [DAY1, summer], "auto")
+    assert (none, count) == (None, 3)
+    assert by_rs.schema == by_spark.schema == schemas.STAGING_READINGS
+    assert collected(by_rs) == collected(by_spark)
+    assert len(collected(by_rs)) == 3  # DAY2 is not read
+    s0 = next(r for r in by_rs.collect() if r["meterpoint_id"] == "s")
+    assert s0["interval_start"].timestamp() == datetime(2021, 6, 30, 23, 0, tzinfo=UTC).timestamp()
+    assert s0["agreement_id"] is None and s0["product_is_variable"] is None
+    assert sinks.staging_of_dates(spark, path, [DAY3], "auto")[1] == 0
+
+    monkeypatch.setattr(small_writes, "MAX_READ_ROWS", 2)
+    assert small_writes.read_partitions(path, "reading_date", [DAY1, summer], schemas.STAGING_READINGS) is None
+    large, none = sinks.staging_of_dates(spark, path, [DAY1, summer], "auto")
+    assert none is None and collected(large) == collected(by_spark)
+    monkeypatch.setattr(small_writes, "MAX_READ_ROWS", 3)
+    assert sinks.staging_of_dates(spark, path, [DAY1, summer], "auto")[1] == 3
+
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    assert small_writes.read_partitions(path, "reading_date", [DAY1], schemas.STAGING_READINGS) is None
+    assert sinks.staging_of_dates(spark, path, [DAY1], "auto")[1] is None
+
 
 
 @pytest.mark.parametrize("writer", WRITERS)
@@ -210,15 +264,22 @@ def test_staging_writes_give_the_same_rows_whichever_writer_commits_each(
         [reading("b", DAY1, 0, 0.5, agreement=2), in_summer("s", 1, 3.5)],
         [reading("a", DAY1, 1, 0.125), reading("c", DAY2, 0, 1.0)],
     ]
-    turns = {"mixed": ["spark", "auto", "spark", "auto"], "spark": ["spark"] * 4}
+    # "+rows": the batch's row count is given (merge_staging's small path)
+    turns = {"mixed": ["spark", "auto+rows", "spark", "auto"], "spark": ["spark"] * 4}
     results = {}
     for name, settings in turns.items():
         lake = sinks.LakePaths(str(tmp_path / name))
         sinks.create_tables(spark, lake, [sinks.STAGING])
-        for setting, rows in zip(settings, deliveries, strict=True):
+        for turn, rows in zip(settings, deliveries, strict=True):
             dates = sorted({r["reading_date"] for r in rows})
+            setting, _, known = turn.partition("+")
             change = sinks.merge_staging(
-                spark, lake(sinks.STAGING), frame(spark, rows), dates, small_writes_setting=setting
+                spark,
+                lake(sinks.STAGING),
+                frame(spark, rows),
+                dates,
+                small_writes_setting=setting,
+                batch_rows=len(rows) if known else None,
             )
             change.release()
         table = spark.read.format("delta").load(lake(sinks.STAGING))
