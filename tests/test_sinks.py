@@ -172,7 +172,8 @@ def test_staging_of_dates_read_by_delta_rs_equals_sparks_read_and_large_or_unrea
     assert sinks.staging_of_dates(spark, path, [DAY3], "auto")[1] == 0
 
     monkeypatch.setattr(small_writes, "MAX_READ_ROWS", 2)
-    assert small_writes.read_partitions(path, "reading_date", [DAY1, summer], schemas.STAGING_READINGS) is None
+    read = small_writes.read_partitions(path, "reading_date", [DAY1, summer], schemas.STAGING_READINGS)
+    assert read is None
     large, none = sinks.staging_of_dates(spark, path, [DAY1, summer], "auto")
     assert none is None and collected(large) == collected(by_spark)
     monkeypatch.setattr(small_writes, "MAX_READ_ROWS", 3)
