@@ -184,7 +184,6 @@ def test_staging_of_dates_read_by_delta_rs_equals_sparks_read_and_large_or_unrea
     assert sinks.staging_of_dates(spark, path, [DAY1], "auto")[1] is None
 
 
-
 @pytest.mark.parametrize("writer", WRITERS)
 def test_replacing_dates_leaves_other_dates_alone(spark: SparkSession, tmp_path: Path, writer: str) -> None:
     lake = sinks.LakePaths(str(tmp_path / "lake"))
