@@ -486,10 +486,10 @@ class Pipeline:
         """
         append = new_dates_rows is not None
         if new_dates_rows is None:
-            staging, read = sinks.staging_of_dates(
+            staging, files = sinks.staging_of_dates(
                 self.spark, self.lake(sinks.STAGING), dates, self.small_writes
             )
-            if read is None:  # read by Spark: once for the four aggregates
+            if files is None:  # read by Spark: once for the four aggregates
                 staging = staging.persist()
         else:
             staging = new_dates_rows

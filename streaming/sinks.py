@@ -166,8 +166,19 @@ class StagingChange:
     inserted: int
     updated: int
     dates_were_empty: bool
-    written: DataFrame  # the rows written, in staging's columns
+    rows: Callable[[], DataFrame]  # makes `written` (built only when asked for)
     cached: DataFrame | None = None  # what `written` reads from Spark's cache, until `release()`
+
+    @property
+    def written(self) -> DataFrame:
+        """The rows written, in staging's columns.
+
+        After the write, valid when `dates_were_empty` or on the small path
+        (`cached` is None): on Spark's path the classing joins staging, and
+        Spark's write to staging re-caches the plans that read it, so the
+        classing would then be recomputed against the rows just written.
+        """
+        return self.rows()
 
     def release(self) -> None:
         if self.cached is not None:
@@ -178,7 +189,8 @@ def staging_of_dates(
     spark: SparkSession, path: str, dates: Sequence[date], setting: str = "spark"
 ) -> tuple[DataFrame, int | None]:
     """Staging's rows of the local `dates` (a partition filter: no other date is read),
-    and their number when delta-rs read them (None when Spark reads them).
+    and the number of data files holding them when delta-rs read them (None when
+    Spark reads them).
 
     With `setting="auto"` and few enough rows (`small_writes.read_partitions`),
     delta-rs reads them (a few ms, where Spark would first rebuild the table's
@@ -186,9 +198,10 @@ def staging_of_dates(
     DataFrame of driver-side rows; otherwise Spark reads the table.
     """
     if writer_for(setting, path) == "delta-rs":
-        rows = small_writes.read_partitions(path, "reading_date", dates, schemas.STAGING_READINGS)
-        if rows is not None:
-            return spark.createDataFrame(rows, schema=schemas.STAGING_READINGS), rows.num_rows
+        read = small_writes.read_partitions(path, "reading_date", dates, schemas.STAGING_READINGS)
+        if read is not None:
+            rows, files = read
+            return spark.createDataFrame(rows, schema=schemas.STAGING_READINGS), files
     return spark.read.format("delta").load(path).filter(F.col("reading_date").isin(list(dates))), None
 
 
@@ -214,14 +227,15 @@ def merge_staging(
 
     `small_writes_setting="auto"` lets delta-rs read the dates' rows and commit a
     small write (`staging_of_dates`, `writer_for`). When delta-rs read them and
-    the batch's `batch_rows` make a small write, the classing is one Spark job
-    whose rows come to the driver as Arrow: they are counted and committed from
-    there, and `written` is made of them (no cache, no second job).
+    the batch's `batch_rows` make a small write, the classed rows come to the
+    driver as Arrow in one `toArrow` (the held rows' broadcast is a job before
+    it): they are counted and committed from there, and `written` is made of
+    them (no cache, no count job, no second pass over the rows).
     """
-    current, read = staging_of_dates(spark, path, dates, small_writes_setting)
-    # the rows delta-rs read, or partition pruning on the snapshot's file list (no
-    # scan of the data)
-    dates_were_empty = read == 0 if read is not None else not current.inputFiles()
+    current, files = staging_of_dates(spark, path, dates, small_writes_setting)
+    # the files delta-rs found, or partition pruning on the snapshot's file list
+    # (no scan of the data)
+    dates_were_empty = files == 0 if files is not None else not current.inputFiles()
     if dates_were_empty:
         changed = batch_df.withColumn("_change", F.lit("insert"))
     else:
@@ -230,7 +244,7 @@ def merge_staging(
             *[F.col(c).alias(f"_held_{c}") for c in STAGING_COMPARED],
             F.lit(True).alias("_held"),
         )
-        if read is not None:  # driver-side rows, at most small_writes.MAX_READ_ROWS
+        if files is not None:  # driver-side rows, at most small_writes.MAX_READ_ROWS
             held = F.broadcast(held)
         same = reduce(
             lambda acc, c: acc & F.col(c).eqNullSafe(F.col(f"_held_{c}")), STAGING_COMPARED, F.lit(True)
@@ -242,7 +256,7 @@ def merge_staging(
             .filter(F.col("_change").isNotNull())
         )
     if (
-        read is not None
+        files is not None
         and batch_rows is not None
         and writer_for(small_writes_setting, path, rows=batch_rows) == "delta-rs"
     ):
@@ -251,13 +265,17 @@ def merge_staging(
         )
         before_write()
         small_writes.write_staging(path, rows, STAGING_KEYS, dates, inserted, updated)
-        written = spark.createDataFrame(rows, schema=schemas.STAGING_READINGS)
-        return StagingChange(inserted, updated, dates_were_empty, written)
+        return StagingChange(
+            inserted,
+            updated,
+            dates_were_empty,
+            lambda: spark.createDataFrame(rows, schema=schemas.STAGING_READINGS),
+        )
     changed = changed.persist()
     try:
         counts = {row[0]: int(row[1]) for row in changed.groupBy("_change").count().collect()}
         inserted, updated = counts.get("insert", 0), counts.get("update", 0)
-        change = StagingChange(inserted, updated, dates_were_empty, changed.drop("_change"), changed)
+        change = StagingChange(inserted, updated, dates_were_empty, lambda: changed.drop("_change"), changed)
         rows_df = conform(change.written, schemas.STAGING_READINGS)
         before_write()
         if writer_for(small_writes_setting, path, rows=inserted + updated) == "delta-rs":

@@ -14,10 +14,13 @@ append (app id, batch id) as a Delta app transaction, and delta-rs writes a
 log checkpoint as often as Spark does (every 10 commits unless the table says
 otherwise), so Spark's reads replay as few log files as before.
 
-delta-rs also reads staging's rows of a small batch's dates (`read_partitions`):
-Spark's first read of a table after a delta-rs commit rebuilds its snapshot
-(about 0.5 s), and a batch read staging twice (to class its rows, then to
-recompute presentation).
+delta-rs also reads staging's rows of a batch's (or a dimension refresh's)
+dates when they are at most `MAX_READ_ROWS` (`read_partitions`): Spark's first
+read of a table after a delta-rs commit rebuilds its snapshot (about 0.5 s), and
+a batch read staging twice (to class its rows, then to recompute presentation).
+Those rows are on the driver (and, broadcast into the classing join, in the JVM)
+while the batch uses them: with a write, at most `MAX_READ_ROWS` + `MAX_ROWS`
+rows of staging's width.
 
 Only for tables on the local file system (a folder, or a `file:` URI without a
 host): delta-rs names object stores differently (`s3://`, not `s3a://`) and
@@ -118,19 +121,24 @@ def _checkpoint_like_spark(table: DeltaTable) -> None:
         table.create_checkpoint()
 
 
-def read_partitions(path: str, column: str, dates: Sequence[date], schema: StructType) -> pa.Table | None:
-    """The rows of the table at `path` whose partition `column` is one of `dates`.
+def read_partitions(
+    path: str, column: str, dates: Sequence[date], schema: StructType
+) -> tuple[pa.Table, int] | None:
+    """The rows of the table at `path` whose partition `column` is one of `dates`,
+    and the number of data files holding them.
 
     In the table's Arrow schema (`arrow_schema`); None when Spark should read them
-    instead: the table is not local or uses a reader feature outside
-    `READABLE_FEATURES`, a file of those dates has no row count in the log, or
-    they hold more than `MAX_READ_ROWS` rows. Only the log (already replayed by
-    delta-rs, a few ms) is consulted before deciding, no data file.
+    instead: the table is not local, its protocol has a reader feature outside
+    `READABLE_FEATURES` (or is reader version 2, column mapping without a feature
+    list), a file of those dates has no row count in the log, or they hold more
+    than `MAX_READ_ROWS` rows. Only the log (already replayed by delta-rs, a few
+    ms) is consulted before deciding, no data file.
     """
     if not is_local(path):
         return None
     table = _open(path)
-    if not set(table.protocol().reader_features or ()) <= READABLE_FEATURES:
+    protocol = table.protocol()
+    if protocol.min_reader_version == 2 or not set(protocol.reader_features or ()) <= READABLE_FEATURES:
         return None
     wanted = sorted({d.isoformat() for d in dates})
     if not wanted:
@@ -138,13 +146,13 @@ def read_partitions(path: str, column: str, dates: Sequence[date], schema: Struc
     target = arrow_schema(schema)
     files = pa.table(table.get_add_actions(flatten=True))
     if files.num_rows == 0:  # an empty table's actions have no partition column
-        return target.empty_table()
+        return target.empty_table(), 0
     in_dates = pc.is_in(files[f"partition.{column}"].cast(pa.string()), value_set=pa.array(wanted))
     counts = files.filter(in_dates)["num_records"]
     if counts.null_count or (pc.sum(counts).as_py() or 0) > MAX_READ_ROWS:
         return None
     rows = table.to_pyarrow_table(filters=[(column, "in", wanted)])
-    return rows.select(target.names).cast(target)
+    return rows.select(target.names).cast(target), len(counts)
 
 
 def date_predicate(column: str, column_type: str, dates: Sequence[date], quote: bool = True) -> str:
