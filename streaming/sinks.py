@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date
 from functools import reduce
 
+import pyarrow as pa
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -185,6 +186,16 @@ class StagingChange:
             self.cached.unpersist()
 
 
+def driver_rows(spark: SparkSession, rows: pa.Table) -> DataFrame:
+    """Staging rows held on the driver as a DataFrame of one partition.
+
+    One partition satisfies any grouping: the presentation aggregates over it
+    run as one task each, without a shuffle (0.55 -> 0.33 s for a one-file
+    batch's four). The rows are few (`small_writes.MAX_READ_ROWS` at most).
+    """
+    return spark.createDataFrame(rows, schema=schemas.STAGING_READINGS).coalesce(1)
+
+
 def staging_of_dates(
     spark: SparkSession, path: str, dates: Sequence[date], setting: str = "spark"
 ) -> tuple[DataFrame, int | None]:
@@ -201,7 +212,7 @@ def staging_of_dates(
         read = small_writes.read_partitions(path, "reading_date", dates, schemas.STAGING_READINGS)
         if read is not None:
             rows, files = read
-            return spark.createDataFrame(rows, schema=schemas.STAGING_READINGS), files
+            return driver_rows(spark, rows), files
     return spark.read.format("delta").load(path).filter(F.col("reading_date").isin(list(dates))), None
 
 
@@ -269,7 +280,7 @@ def merge_staging(
             inserted,
             updated,
             dates_were_empty,
-            lambda: spark.createDataFrame(rows, schema=schemas.STAGING_READINGS),
+            lambda: driver_rows(spark, rows),
         )
     changed = changed.persist()
     try:
