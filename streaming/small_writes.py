@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 # of more rows a backfill's worth.
 MAX_DATES = 31
 MAX_ROWS = 100_000
-# A small batch's read of staging's rows of its dates (to class its rows, and to
+# A read of staging's rows of a batch's dates (to class its rows, and to
 # recompute presentation) goes through delta-rs when the dates hold at most this
 # many rows (about 10,000 meterpoints a date); Spark reads larger ones.
 MAX_READ_ROWS = 500_000
@@ -143,16 +143,15 @@ def read_partitions(
     wanted = sorted({d.isoformat() for d in dates})
     if not wanted:
         raise ValueError("no dates to read")
-    target = arrow_schema(schema)
     files = pa.table(table.get_add_actions(flatten=True))
     if files.num_rows == 0:  # an empty table's actions have no partition column
-        return target.empty_table(), 0
+        return arrow_schema(schema).empty_table(), 0
     in_dates = pc.is_in(files[f"partition.{column}"].cast(pa.string()), value_set=pa.array(wanted))
     counts = files.filter(in_dates)["num_records"]
     if counts.null_count or (pc.sum(counts).as_py() or 0) > MAX_READ_ROWS:
         return None
     rows = table.to_pyarrow_table(filters=[(column, "in", wanted)])
-    return rows.select(target.names).cast(target), len(counts)
+    return _in_schema(rows, schema), len(counts)
 
 
 def date_predicate(column: str, column_type: str, dates: Sequence[date], quote: bool = True) -> str:
@@ -187,10 +186,15 @@ def arrow_schema(schema: StructType) -> pa.Schema:
     return to_arrow_schema(schema, timezone="UTC")
 
 
-def arrow_rows(df: DataFrame, schema: StructType) -> pa.Table:
-    """`df`'s rows on the driver, in the table's Arrow schema (NOT NULL columns included)."""
+def _in_schema(data: pa.Table, schema: StructType) -> pa.Table:
+    """`data`'s columns of the table, in its Arrow schema (NOT NULL columns included)."""
     target = arrow_schema(schema)
-    return df.toArrow().select(target.names).cast(target)
+    return data.select(target.names).cast(target)
+
+
+def arrow_rows(df: DataFrame, schema: StructType) -> pa.Table:
+    """`df`'s rows on the driver, in the table's Arrow schema."""
+    return _in_schema(df.toArrow(), schema)
 
 
 def replace_dates(
@@ -251,7 +255,7 @@ def append_idempotent(
 
 
 def classed_rows(df: DataFrame, schema: StructType) -> tuple[pa.Table, int, int]:
-    """The classed rows of `df` on the driver (one Spark job): in the table's Arrow
+    """The classed rows of `df` on the driver (one `toArrow`): in the table's Arrow
     schema, with how many are new (`_change` = insert) and changed (update)."""
     data = df.toArrow()
     kinds = data["_change"]
@@ -259,8 +263,7 @@ def classed_rows(df: DataFrame, schema: StructType) -> tuple[pa.Table, int, int]
     updated = pc.sum(pc.equal(kinds, "update")).as_py() or 0
     if inserted + updated != data.num_rows:
         raise SmallWriteError(f"staging: {data.num_rows} classed rows, {inserted} new + {updated} changed")
-    target = arrow_schema(schema)
-    return data.select(target.names).cast(target), inserted, updated
+    return _in_schema(data, schema), inserted, updated
 
 
 def write_staging(
