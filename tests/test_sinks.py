@@ -56,12 +56,13 @@ def staged(spark: SparkSession, path: str) -> dict[tuple[str, int], tuple[float,
 
 @dataclass
 class Written:
-    """A staging write's counts, and the rows its `written` held before `release()`."""
+    """A staging write's counts, and the rows of its `written` (None where `written`
+    is not valid after the write: see `StagingChange.written`)."""
 
     inserted: int
     updated: int
     dates_were_empty: bool
-    rows: list[tuple]
+    rows: list[tuple] | None
 
 
 def write(spark: SparkSession, path: str, rows: list[dict[str, Any]]) -> Written:
@@ -76,15 +77,16 @@ def write(spark: SparkSession, path: str, rows: list[dict[str, Any]]) -> Written
         small_writes_setting=setting,
         batch_rows=len(rows) if small else None,
     )
+    written = None
     try:
-        written = sorted((tuple(r) for r in change.written.collect()), key=repr)
+        if small or change.dates_were_empty:  # when `written` is valid after the write
+            written = sorted((tuple(r) for r in change.written.collect()), key=repr)
+            assert len(written) == change.inserted + change.updated
     finally:
         change.release()
     # the small path (rows to the driver, no cache) is taken exactly when the batch's
     # row count is given with "auto"
     assert (change.cached is None) == small
-    if small or change.dates_were_empty:  # when `written` is valid after the write
-        assert len(written) == change.inserted + change.updated
     return Written(change.inserted, change.updated, change.dates_were_empty, written)
 
 
