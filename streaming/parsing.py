@@ -39,7 +39,9 @@ class ParsedFile:
     columns: list[str] | None = None
     error: str | None = None
     row_index: list[int] = field(default_factory=list)
-    values: list[list[tuple[str, str | None]]] = field(default_factory=list)
+    # each row's values as delivered, one per column (missing ones None, extra
+    # ones dropped), the rows one after the other: `values` pairs them with names
+    delivered: list[str | None] = field(default_factory=list)
     row_json: list[str] = field(default_factory=list)
     meterpoint_id: list[str | None] = field(default_factory=list)
     interval_start_us: list[int | None] = field(default_factory=list)
@@ -50,6 +52,16 @@ class ParsedFile:
     @property
     def good_rows(self) -> int:
         return sum(r is None for r in self.reason)
+
+    @property
+    def values(self) -> list[list[tuple[str, str | None]]]:
+        """Each row's (column, value as delivered) pairs, in the file's column order."""
+        columns = self.columns or []
+        width = len(columns)
+        return [
+            list(zip(columns, self.delivered[i * width : (i + 1) * width], strict=True))
+            for i in range(len(self.row_index))
+        ]
 
 
 def as_delivered(value: Any) -> str | None:
@@ -232,6 +244,11 @@ def _fixed(minutes: int) -> tzinfo:
 
 def parse_consumption(value: Any) -> float | str:
     """kWh as a finite number >= 0, or the rejection reason."""
+    if type(value) is JsonNumber:  # nearly every value: JSON number text, or NaN/Infinity
+        kwh = float(value)
+        if 0 <= kwh < math.inf:
+            return kwh + 0.0  # -0.0 becomes 0.0
+        # NaN, infinite or negative: the checks below give the reason
     if value is None:
         return "bad_consumption: consumption_delta is null"
     if not isinstance(value, str):  # booleans, lists, objects (numbers arrive as text)
@@ -271,12 +288,17 @@ def parse_readings(content: bytes, tz_name: str) -> ParsedFile:
         return out
     columns, data = structure
     out.columns = columns
-    pos = {name: columns.index(name) for name in REQUIRED_COLUMNS}
+    at = _Positions(
+        len(columns),
+        columns.index("meterpoint_id"),
+        columns.index("interval_start"),
+        columns.index("consumption_delta"),
+    )
     # naive ambiguous (fall-back) times seen so far in this file, per meterpoint
     seen_ambiguous: set[tuple[Any, int]] = set()
     for i, row in enumerate(data):
         try:
-            _parse_row(out, i, row, columns, pos, tz_name, seen_ambiguous)
+            _parse_row(out, i, row, at, tz_name, seen_ambiguous)
         except (RecursionError, ValueError, OverflowError, TypeError) as exc:
             # a value the rules above did not foresee: the row is rejected, never the file
             _reject_row(
@@ -287,7 +309,8 @@ def parse_readings(content: bytes, tz_name: str) -> ParsedFile:
 
 def _reject_row(out: ParsedFile, i: int, row: list[Any], columns: list[str], reason: str) -> None:
     """Append row `i` as rejected, with values as delivered where they can be written."""
-    del out.row_index[i:], out.values[i:], out.row_json[i:], out.meterpoint_id[i:]
+    width = len(columns)
+    del out.row_index[i:], out.delivered[i * width :], out.row_json[i:], out.meterpoint_id[i:]
     del out.interval_start_us[i:], out.interval_start_local_us[i:], out.consumption_kwh[i:], out.reason[i:]
     values: list[str | None] = []
     for v in row:
@@ -295,9 +318,8 @@ def _reject_row(out: ParsedFile, i: int, row: list[Any], columns: list[str], rea
             values.append(as_delivered(v))
         except RecursionError:
             values.append("<nested too deeply>")
-    width = len(columns)
     out.row_index.append(i)
-    out.values.append(list(zip(columns, values + [None] * (width - len(values)), strict=False)))
+    _add_delivered(out.delivered, values, width)
     out.row_json.append("[" + ",".join("null" if v is None else json.dumps(v) for v in values) + "]")
     out.meterpoint_id.append(None)
     out.interval_start_us.append(None)
@@ -306,29 +328,47 @@ def _reject_row(out: ParsedFile, i: int, row: list[Any], columns: list[str], rea
     out.reason.append(reason)
 
 
+@dataclass(frozen=True)
+class _Positions:
+    """A file's width and where its required columns are."""
+
+    width: int
+    meterpoint_id: int
+    interval_start: int
+    consumption_delta: int
+
+
+def _add_delivered(delivered: list[str | None], values: list[str | None], width: int) -> None:
+    """Append one row's values to the flat list: exactly `width` of them."""
+    if len(values) == width:
+        delivered.extend(values)
+    elif len(values) < width:
+        delivered.extend(values)
+        delivered.extend([None] * (width - len(values)))
+    else:
+        delivered.extend(values[:width])
+
+
 def _parse_row(
     out: ParsedFile,
     i: int,
     row: list[Any],
-    columns: list[str],
-    pos: dict[str, int],
+    at: _Positions,
     tz_name: str,
     seen_ambiguous: set[tuple[Any, int]],
 ) -> None:
     """Append row `i` of a file to `out`, valid or with the reason it is rejected."""
-    width = len(columns)
+    width = at.width
     delivered, row_json = delivered_and_json(row)
     out.row_index.append(i)
-    out.values.append(list(zip(columns, delivered + [None] * (width - len(row)), strict=False)))
+    _add_delivered(out.delivered, delivered, width)
     out.row_json.append(row_json)
     reason: str | None = None
     meterpoint = utc_us = local_us = kwh = None
     if len(row) != width:
         reason = f"wrong_width: row has {len(row)} values, columns has {width}"
     else:
-        raw_mp, raw_ts, raw_kwh = (
-            row[pos[c]] for c in ("meterpoint_id", "interval_start", "consumption_delta")
-        )
+        raw_mp, raw_ts, raw_kwh = row[at.meterpoint_id], row[at.interval_start], row[at.consumption_delta]
         meterpoint = parse_meterpoint(raw_mp)
         if meterpoint is None:
             reason = f"bad_meterpoint: meterpoint_id must be a non-empty string, got {to_json(raw_mp)}"

@@ -60,6 +60,12 @@ def _parse_batch(batch: pa.RecordBatch, tz_name: str) -> pa.RecordBatch:
     contents = batch.column("content").to_pylist()
     cols: dict[str, list] = {name: [] for name in schemas.PARSED.fieldNames()}
     file_of_record: list[int] = []
+    # raw_values is built from flat lists (a map per row record, null for file
+    # records): three times cheaper than from a list of (name, value) lists
+    keys: list[str] = []
+    items: list[str | None] = []
+    offsets: list[int] = [0]
+    no_map: list[bool] = []
 
     def pad(n: int, *names: str) -> None:
         for name in names:
@@ -73,10 +79,11 @@ def _parse_batch(batch: pa.RecordBatch, tz_name: str) -> pa.RecordBatch:
         cols["kind"].append("file")
         cols["columns"].append(parsed.columns)
         cols["file_error"].append(parsed.error)
+        offsets.append(len(items))
+        no_map.append(True)
         pad(
             1,
             "row_index",
-            "raw_values",
             "row_json",
             "meterpoint_id",
             "interval_start_us",
@@ -89,7 +96,13 @@ def _parse_batch(batch: pa.RecordBatch, tz_name: str) -> pa.RecordBatch:
         cols["kind"].extend(["row"] * n)
         pad(n, "columns", "file_error")
         cols["row_index"].extend(parsed.row_index)
-        cols["raw_values"].extend(parsed.values)
+        if n:
+            width = len(parsed.columns or ())
+            base = len(items)
+            keys.extend((parsed.columns or []) * n)
+            items.extend(parsed.delivered)
+            offsets.extend(range(base + width, base + width * n + 1, width))
+            no_map.extend([False] * n)
         cols["row_json"].extend(parsed.row_json)
         cols["meterpoint_id"].extend(parsed.meterpoint_id)
         cols["interval_start_us"].extend(parsed.interval_start_us)
@@ -104,7 +117,13 @@ def _parse_batch(batch: pa.RecordBatch, tz_name: str) -> pa.RecordBatch:
         "columns": pa.array(cols["columns"], pa.list_(pa.string())),
         "file_error": pa.array(cols["file_error"], pa.string()),
         "row_index": pa.array(cols["row_index"], pa.int32()),
-        "raw_values": pa.array(cols["raw_values"], _RAW_VALUES),
+        "raw_values": pa.MapArray.from_arrays(
+            pa.array(offsets, pa.int32()),
+            pa.array(keys, pa.string()),
+            pa.array(items, pa.string()),
+            type=_RAW_VALUES,
+            mask=pa.array(no_map, pa.bool_()),
+        ),
         "row_json": pa.array(cols["row_json"], pa.string()),
         "meterpoint_id": pa.array(cols["meterpoint_id"], pa.string()),
         "interval_start_us": pa.array(cols["interval_start_us"], pa.int64()),

@@ -334,3 +334,60 @@ def test_row_that_made_the_parser_raise_is_rejected_instead(row_text: str, expec
         assert expected_code == "bad_consumption" and code(parsed.error) == "invalid_json", parsed.error
         return
     assert [code(r) if r else None for r in parsed.reason] == [expected_code]
+
+
+def test_the_executors_arrow_records_hold_what_parse_readings_returned() -> None:
+    """`source._parse_batch` builds its Arrow columns from flat lists (raw_values
+    from one list of values a column each); over damaged files and random rows
+    (short, long and unreadable ones among them) each file record and row record
+    must carry exactly what `parse_readings` returned for its file."""
+    import pyarrow as pa
+
+    from streaming.source import _parse_batch
+
+    rng = random.Random(20211031)
+    contents = [mutate(good_file(bool(i % 2)), random.Random(i)) for i in range(60)]
+    contents += [random_file(random.Random(rng.getrandbits(32))) for _ in range(60)]
+    contents += [b"", good_file(False)]
+    names = [f"file:/in/f{i}.json" for i in range(len(contents))]
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(names),
+            pa.array([1_000 * i for i in range(len(contents))], pa.timestamp("us")),
+            pa.array(contents, pa.binary()),
+        ],
+        names=["path", "modificationTime", "content"],
+    )
+    records = _parse_batch(batch, TZ).to_pylist()
+    expected: list[dict[str, Any]] = []
+    for name, content in zip(names, contents, strict=True):
+        parsed = parse_readings(content, TZ)
+        expected.append(
+            {"kind": "file", "source_file": name, "columns": parsed.columns, "file_error": parsed.error}
+        )
+        for i in range(len(parsed.row_index)):
+            expected.append(
+                {
+                    "kind": "row",
+                    "source_file": name,
+                    "row_index": parsed.row_index[i],
+                    "raw_values": parsed.values[i],
+                    "row_json": parsed.row_json[i],
+                    "meterpoint_id": parsed.meterpoint_id[i],
+                    "interval_start_us": parsed.interval_start_us[i],
+                    "consumption_kwh": parsed.consumption_kwh[i],
+                    "reason": parsed.reason[i],
+                }
+            )
+    assert len(records) == len(expected)
+    for got, want in zip(records, expected, strict=True):
+        assert {k: got[k] for k in want} == want
+        if want["kind"] == "file":
+            assert got["raw_values"] is None and got["row_index"] is None
+        else:
+            assert got["columns"] is None and got["file_error"] is None
+    kinds = {r["kind"] for r in records}
+    assert kinds == {"file", "row"}
+    # short and long rows were among them: a map still holds one value per column
+    widths = {len(r["raw_values"]) == len(json.loads(r["row_json"])) for r in records if r["kind"] == "row"}
+    assert widths == {True, False}
