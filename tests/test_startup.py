@@ -235,8 +235,8 @@ def test_driver_options_keep_the_configured_ones_and_quote_the_archive_path() ->
 def test_a_driver_jvm_started_as_the_pipeline_starts_it_maps_the_archive_and_gets_the_jit_settings() -> None:
     """In a fresh JVM with -Xshare:on, which refuses to start when the archive
     cannot be mapped; without an archive (setup could not write one), the plain
-    start is checked instead. The JIT thresholds of conf/pipeline.toml
-    (`spark.driver.defaultJavaOptions`) are in force in that JVM beside the
+    start is checked instead. The JIT thresholds and the collector of
+    conf/pipeline.toml (`spark.driver.defaultJavaOptions`) are in force in that JVM beside the
     options of one's own (`extraJavaOptions`), read back from the JVM itself."""
     archive = session.class_archive(session.cached_delta_jars())
     assert "-XX:Tier4InvocationThreshold=150000" in load_config().spark["spark.driver.defaultJavaOptions"]
@@ -252,6 +252,7 @@ def test_a_driver_jvm_started_as_the_pipeline_starts_it_maps_the_archive_and_get
         "jvm.java.lang.Class.forName('com.sun.management.HotSpotDiagnosticMXBean')); "
         "print(json.dumps([spark.range(3).count(), conf.get('spark.driver.extraJavaOptions'), "
         "bean.getVMOption('Tier4InvocationThreshold').getValue(), "
+        "bean.getVMOption('UseParallelGC').getValue(), "
         "jvm.java.lang.System.getProperty('mine')])); "
         "spark.stop()"
     )
@@ -259,9 +260,10 @@ def test_a_driver_jvm_started_as_the_pipeline_starts_it_maps_the_archive_and_get
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    count, java_options, tier4, mine = json.loads(done.stdout.strip().splitlines()[-1])
+    count, java_options, tier4, parallel_gc, mine = json.loads(done.stdout.strip().splitlines()[-1])
     assert count == 3
     assert tier4 == "150000"  # the JVM's default is 5000
+    assert parallel_gc == "true"  # the default on this machine is G1
     assert mine == "1"  # one's own options still reach the JVM
     if archive is not None:
         assert f'-Xshare:on "-XX:SharedArchiveFile={archive}"' in java_options
