@@ -122,16 +122,29 @@ def exact_sum(column: str) -> Column:
     return F.sum(F.col(column).cast("decimal(38,12)")).cast("double")
 
 
+def meterpoints_at_instant() -> Column:
+    """The distinct meterpoints of a group of staging rows of ONE instant (or of
+    one instant and product): staging holds one row per (meterpoint_id,
+    interval_start) (its key, with the local date that instant gives) and
+    meterpoint_id is never NULL, so their rows are the distinct meterpoints.
+    A count, where `count_distinct` plans a second aggregation (and a second
+    shuffle): the four presentation aggregates of the 720,000-reading backfill
+    took 1.7 s and 2.5-2.9 JVM CPU s on a warm session against 3.8 s and
+    6.5-7.0 s."""
+    return F.count(F.lit(1)).cast("long")
+
+
 def half_hour_totals(staging_df: DataFrame) -> DataFrame:
     """`presentation/total_consumption_half_hour`: one row per half-hour instant."""
     return staging_df.groupBy("interval_start", "interval_start_local").agg(
-        F.count_distinct("meterpoint_id").cast("long").alias("meterpoint_count"),
+        meterpoints_at_instant().alias("meterpoint_count"),
         exact_sum("consumption_kwh").alias("total_kwh"),
     )
 
 
 def product_day_totals(staging_df: DataFrame) -> DataFrame:
-    """`presentation/consumption_per_product_per_day`, grouped by display name."""
+    """`presentation/consumption_per_product_per_day`, grouped by display name
+    (a meterpoint has a row per half hour of the day: its distinct count)."""
     return staging_df.groupBy("product_display_name", F.col("reading_date").alias("date")).agg(
         F.count_distinct("meterpoint_id").cast("long").alias("meterpoint_count"),
         exact_sum("consumption_kwh").alias("total_kwh"),
@@ -149,7 +162,7 @@ def gold_aggregate_per_half_hour(staging_df: DataFrame) -> DataFrame:
 
 def gold_avg_half_hour_by_product(staging_df: DataFrame) -> DataFrame:
     totals = staging_df.groupBy("product_display_name", "interval_start", "interval_start_local").agg(
-        F.count_distinct("meterpoint_id").cast("long").alias("meterpoint_count"),
+        meterpoints_at_instant().alias("meterpoint_count"),
         exact_sum("consumption_kwh").alias("total_kwh"),
     )
     return with_avg_kwh(totals)
