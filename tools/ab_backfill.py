@@ -1,0 +1,134 @@
+"""Cold backfills of two (or more) variants, alternating, on the same files.
+
+    .venv/bin/python tools/ab_backfill.py NAME=SPEC [NAME=SPEC ...] [--pairs 3]
+                                          [--meterpoints 5000] [--days 3] [--work DIR]
+
+A SPEC is a Spark-settings JSON object (applied over conf/pipeline.toml), or
+`@DIR` for another checkout of the project (a `git worktree` of an older
+commit, run with this project's virtualenv), or `@DIR:{json}` for both:
+
+    tools/ab_backfill.py base='{}' eight='{"spark.sql.shuffle.partitions": "8"}'
+    git worktree add /tmp/old HEAD~1
+    tools/ab_backfill.py new='{}' old=@/tmp/old
+
+The bench's data (generated once into `--work`, kept for later runs) is read
+by a cold `run_stream.py` (available-now) per variant per round, with a fresh
+lake and checkpoint each time; the variants alternate, so a machine that gets
+busier or quieter during the runs weighs on each alike. Each run prints its
+wall time, the process tree's CPU seconds (and the JVM's by thread role), the
+lake start-up's and the batch's seconds and the batch's phases; the end prints
+each variant's runs side by side. One run at a time: nothing else should run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from streaming.bench import SEED, START, TreeMemory, load_average, write_config
+from streaming.config import PROJECT_ROOT, dump_toml
+from streaming.generator import SampleSpec, write_sample
+
+
+def parse_spec(spec: str) -> tuple[Path, dict[str, str]]:
+    """`{json}`, `@DIR` or `@DIR:{json}` -> (project folder, Spark settings)."""
+    if spec.startswith("@"):
+        folder, _, settings = spec[1:].partition(":")
+        return Path(folder).resolve(), json.loads(settings or "{}")
+    return PROJECT_ROOT, json.loads(spec)
+
+
+def variant_config(work: Path, name: str, project: Path, settings: dict[str, str]) -> Path:
+    """The bench's configuration of `work` with the variant's project's Spark settings."""
+    base = tomllib.loads(write_config(work).read_text())
+    conf = tomllib.loads((project / "conf" / "pipeline.toml").read_text())
+    conf["paths"] = base["paths"]
+    conf.setdefault("spark", {}).update(settings)
+    path = work / "conf" / f"{name}.toml"
+    path.write_text(dump_toml(conf))
+    return path
+
+
+def run_once(work: Path, project: Path, config: Path, log_file: Path) -> dict[str, Any]:
+    for state in ("lake", "checkpoints"):
+        shutil.rmtree(work / state, ignore_errors=True)
+    load = load_average()[0]
+    started = time.monotonic()
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(project / "run_stream.py"), "--config", str(config)],
+            cwd=project,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        memory = TreeMemory(proc.pid).start()
+        proc.wait()
+        wall = time.monotonic() - started
+        memory.stop()
+    text = log_file.read_text()
+    if proc.returncode != 0:
+        raise RuntimeError(f"run_stream.py exited {proc.returncode}; see {log_file}")
+    summary = memory.summary()
+    batch = re.search(r'"duration_s": ([0-9.]+), "phases_s": (\{[^}]*\})', text)
+    ready = re.search(r"lake and dimensions ready in ([0-9.]+) s", text)
+    return {
+        "load": load,
+        "wall_s": round(wall, 1),
+        "cpu_s": summary["cpu_s_sampled"],
+        "jvm_cpu_by_role_s": summary["jvm_cpu_by_role_s"],
+        "peak_rss_mb": summary["peak_rss_mb"],
+        "start_up_s": float(ready.group(1)) if ready else None,
+        "batch_s": float(batch.group(1)) if batch else None,
+        "phases_s": json.loads(batch.group(2)) if batch else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+", help="NAME=SPEC (see above)")
+    parser.add_argument("--pairs", type=int, default=3, help="rounds (each runs every variant once)")
+    parser.add_argument("--meterpoints", type=int, default=5000)
+    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--work", default="bench_out/ab", help="data, lakes and logs (kept)")
+    args = parser.parse_args()
+
+    variants = []
+    for item in args.variants:
+        name, sep, spec = item.partition("=")
+        if not sep or not name:
+            parser.error(f"expected NAME=SPEC, got {item!r}")
+        variants.append((name, *parse_spec(spec)))
+    work = Path(args.work).resolve() / f"{args.meterpoints}x{args.days}"
+    if not (work / "data" / "readings").is_dir():
+        print(f"generating {args.meterpoints} meterpoints x {args.days} days into {work}", flush=True)
+        write_sample(
+            work / "data", SampleSpec(meterpoints=args.meterpoints, days=args.days, start=START, seed=SEED)
+        )
+    configs = {name: variant_config(work, name, project, s) for name, project, s in variants}
+    (work / "logs").mkdir(exist_ok=True)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
+    for round_ in range(args.pairs):
+        for name, project, _ in variants:
+            result = run_once(work, project, configs[name], work / "logs" / f"{name}_{round_}.log")
+            results[name].append(result)
+            print(f"{name} #{round_}: {json.dumps(result)}", flush=True)
+    print()
+    for name, runs in results.items():
+        walls = " / ".join(f"{r['wall_s']:.1f}" for r in runs)
+        cpus = " / ".join(f"{r['cpu_s']:.0f}" for r in runs)
+        batches = " / ".join(f"{r['batch_s']}" for r in runs)
+        print(f"{name:>12}: wall {walls} s; tree CPU {cpus} s; batch {batches} s")
+
+
+if __name__ == "__main__":
+    main()
