@@ -55,7 +55,8 @@ class ParsedFile:
 
     @property
     def values(self) -> list[list[tuple[str, str | None]]]:
-        """Each row's (column, value as delivered) pairs, in the file's column order."""
+        """Each row's (column, value as delivered) pairs, in the file's column order
+        (built from `delivered` on each access: read it once for many rows)."""
         columns = self.columns or []
         width = len(columns)
         return [

@@ -61,7 +61,7 @@ def _parse_batch(batch: pa.RecordBatch, tz_name: str) -> pa.RecordBatch:
     cols: dict[str, list] = {name: [] for name in schemas.PARSED.fieldNames()}
     file_of_record: list[int] = []
     # raw_values is built from flat lists (a map per row record, null for file
-    # records): three times cheaper than from a list of (name, value) lists
+    # records): the parser then makes no list of (name, value) pairs per row
     keys: list[str] = []
     items: list[str | None] = []
     offsets: list[int] = [0]
@@ -98,6 +98,10 @@ def _parse_batch(batch: pa.RecordBatch, tz_name: str) -> pa.RecordBatch:
         cols["row_index"].extend(parsed.row_index)
         if n:
             width = len(parsed.columns or ())
+            if len(parsed.delivered) != width * n:  # a map would take its neighbour's values
+                raise RuntimeError(
+                    f"parser bug: {len(parsed.delivered)} delivered values for {n} rows of {width} columns"
+                )
             base = len(items)
             keys.extend((parsed.columns or []) * n)
             items.extend(parsed.delivered)

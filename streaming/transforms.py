@@ -129,8 +129,8 @@ def meterpoints_at_instant() -> Column:
     meterpoint_id is never NULL, so their rows are the distinct meterpoints.
     A count, where `count_distinct` plans a second aggregation (and a second
     shuffle): the four presentation aggregates of the 720,000-reading backfill
-    took 1.7 s and 2.5-2.9 JVM CPU s on a warm session against 3.8 s and
-    6.5-7.0 s."""
+    took 1.7-1.9 s and 2.5-3.0 JVM CPU s on a warm session against 3.8-4.1 s
+    and 6.5-7.0 s."""
     return F.count(F.lit(1)).cast("long")
 
 

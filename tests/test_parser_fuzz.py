@@ -217,9 +217,10 @@ def check(parsed: ParsedFile) -> None:
         return
     assert parsed.columns is not None and set(REQUIRED_COLUMNS) <= set(parsed.columns)
     assert parsed.row_index == list(range(n))
+    values = parsed.values  # rebuilt from the flat list on each access
     for i in range(n):
-        assert [name for name, _ in parsed.values[i]] == parsed.columns
-        assert all(v is None or type(v) is str for _, v in parsed.values[i])
+        assert [name for name, _ in values[i]] == parsed.columns
+        assert all(v is None or type(v) is str for _, v in values[i])
         assert isinstance(json.loads(parsed.row_json[i]), list)
         reason = parsed.reason[i]
         mp, kwh = parsed.meterpoint_id[i], parsed.consumption_kwh[i]
@@ -339,8 +340,9 @@ def test_row_that_made_the_parser_raise_is_rejected_instead(row_text: str, expec
 def test_the_executors_arrow_records_hold_what_parse_readings_returned() -> None:
     """`source._parse_batch` builds its Arrow columns from flat lists (raw_values
     from one list of values a column each); over damaged files and random rows
-    (short, long and unreadable ones among them) each file record and row record
-    must carry exactly what `parse_readings` returned for its file."""
+    (short and long ones among them; rows the parser raised on are the next
+    test's) each file record and row record must carry exactly what
+    `parse_readings` returned for its file."""
     import pyarrow as pa
 
     from streaming.source import _parse_batch
@@ -391,3 +393,65 @@ def test_the_executors_arrow_records_hold_what_parse_readings_returned() -> None
     # short and long rows were among them: a map still holds one value per column
     widths = {len(r["raw_values"]) == len(json.loads(r["row_json"])) for r in records if r["kind"] == "row"}
     assert widths == {True, False}
+
+
+def test_a_row_the_parser_raised_on_keeps_the_maps_of_the_rows_after_it_aligned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A row whose parsing raises part-way (after its values were appended) is
+    rejected whole by `_reject_row`, which must cut the flat list of values back
+    to where the row began: the maps of that row and of every row after it,
+    short and long rows among them, hold their own values."""
+    import pyarrow as pa
+
+    from streaming import parsing
+    from streaming.source import _parse_batch
+
+    real = parsing.parse_consumption
+
+    def raising(value: Any) -> Any:
+        if value == "7.77":
+            raise ValueError("a value no rule foresaw")
+        return real(value)
+
+    monkeypatch.setattr(parsing, "parse_consumption", raising)
+    content = json.dumps(
+        {
+            "columns": ["interval_start", "consumption_delta", "meterpoint_id", "note"],
+            "data": [
+                ["2021-01-01 00:00:00", 1.5, "A", "x"],
+                ["2021-01-01 00:30:00", 7.77, "A", "y"],
+                ["2021-01-01 01:00:00", 2, "A"],
+                ["2021-01-01 01:30:00", 3, "A", "z", "extra"],
+                ["2021-01-01 02:00:00", 7.77, "B", None],
+                ["2021-01-01 02:30:00", 0.5, "B", "w"],
+            ],
+        }
+    ).encode()
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(["f.json"]), pa.array([0], pa.timestamp("us")), pa.array([content], pa.binary())],
+        names=["path", "modificationTime", "content"],
+    )
+    rows = [r for r in _parse_batch(batch, TZ).to_pylist() if r["kind"] == "row"]
+    names = ("interval_start", "consumption_delta", "meterpoint_id", "note")
+    assert [r["raw_values"] for r in rows] == [
+        list(zip(names, values, strict=True))
+        for values in (
+            ("2021-01-01 00:00:00", "1.5", "A", "x"),
+            ("2021-01-01 00:30:00", "7.77", "A", "y"),
+            ("2021-01-01 01:00:00", "2", "A", None),
+            ("2021-01-01 01:30:00", "3", "A", "z"),
+            ("2021-01-01 02:00:00", "7.77", "B", None),
+            ("2021-01-01 02:30:00", "0.5", "B", "w"),
+        )
+    ]
+    assert [code(r["reason"]) if r["reason"] else None for r in rows] == [
+        None,
+        "unreadable_row",
+        "wrong_width",
+        "wrong_width",
+        "unreadable_row",
+        None,
+    ]
+    assert [r["row_index"] for r in rows] == list(range(6))
+    assert [r["consumption_kwh"] for r in rows] == [1.5, None, None, None, None, 0.5]

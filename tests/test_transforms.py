@@ -381,7 +381,7 @@ def staging_df(spark: SparkSession) -> DataFrame:
     return spark.createDataFrame(STAGING_ROWS, STAGING).cache()
 
 
-def test_half_hour_totals_count_distinct_meterpoints_and_sum_kwh_per_instant(staging_df: DataFrame) -> None:
+def test_half_hour_totals_count_the_meterpoints_and_sum_kwh_per_instant(staging_df: DataFrame) -> None:
     df = transforms.half_hour_totals(staging_df)
     assert dict(df.dtypes)["meterpoint_count"] == "bigint"
     assert rows_of(df, "interval_start", "interval_start_local", "meterpoint_count", "total_kwh") == sorted(
