@@ -41,6 +41,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -547,6 +548,58 @@ def parse_log(lines: list[str], started: float | None = None, ended: float | Non
 # --------------------------------------------------------------------------
 # 1. Backfill (cold subprocess)
 # --------------------------------------------------------------------------
+@dataclass
+class ColdRun:
+    """A finished `run_stream.py` process: exit code, wall time, its tree's sampled
+    CPU and memory, and its log."""
+
+    returncode: int
+    wall: float
+    started_epoch: float
+    memory: TreeMemory
+    lines: list[str]
+
+
+def cold_run(
+    config: Path,
+    log_file: Path,
+    project: Path = PROJECT_ROOT,
+    progress: Callable[[float, TreeMemory], None] | None = None,
+    every: float = 30.0,
+) -> ColdRun:
+    """`run_stream.py --config CONFIG` of `project` (available-now, a cold JVM) in a
+    process group of its own, its output in `log_file`, its process tree sampled;
+    `progress(seconds, memory)` every `every` s. If the wait is interrupted, the
+    whole group (the JVM too) is killed."""
+    started = time.monotonic()
+    started_epoch = time.time()
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(project / "run_stream.py"), "--config", str(config)],
+            cwd=project,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+        memory = TreeMemory(proc.pid).start()
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=every)
+                    break
+                except subprocess.TimeoutExpired:
+                    if progress is not None:
+                        progress(time.monotonic() - started, memory)
+        finally:
+            wall = time.monotonic() - started
+            memory.stop()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return ColdRun(proc.returncode, wall, started_epoch, memory, log_file.read_text().splitlines())
+
+
 def bench_backfill(work: Path, meterpoints: int, days: int) -> dict[str, Any]:
     root = work / "backfill"
     shutil.rmtree(root, ignore_errors=True)
@@ -560,41 +613,18 @@ def bench_backfill(work: Path, meterpoints: int, days: int) -> dict[str, Any]:
         f"in {time.monotonic() - started:.1f} s"
     )
     config = write_config(root)
-    log_file = root / "run_stream.log"
     load_before = load_average()
     say(f"backfill: cold run_stream.py (available-now), load average {load_before}")
-    t0 = time.monotonic()
-    epoch0 = time.time()
-    with open(log_file, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(PROJECT_ROOT / "run_stream.py"), "--config", str(config)],
-            cwd=PROJECT_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        memory = TreeMemory(proc.pid).start()
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=30)
-                    break
-                except subprocess.TimeoutExpired:
-                    say(
-                        f"backfill: running for {time.monotonic() - t0:.0f} s, "
-                        f"process tree RSS {memory.last / 2**20:.0f} MB"
-                    )
-        finally:
-            wall = time.monotonic() - t0
-            memory.stop()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+
+    def progress(seconds: float, memory: TreeMemory) -> None:
+        say(f"backfill: running for {seconds:.0f} s, process tree RSS {memory.last / 2**20:.0f} MB")
+
+    run = cold_run(config, root / "run_stream.log", progress=progress)
+    wall, memory, lines = run.wall, run.memory, run.lines
     cpu = memory.cpu_seconds
-    lines = log_file.read_text().splitlines()
-    if proc.returncode != 0:
-        raise RuntimeError(f"run_stream.py exited {proc.returncode}:\n" + "\n".join(lines[-25:]))
-    parsed = parse_log(lines, epoch0, epoch0 + wall)
+    if run.returncode != 0:
+        raise RuntimeError(f"run_stream.py exited {run.returncode}:\n" + "\n".join(lines[-25:]))
+    parsed = parse_log(lines, run.started_epoch, run.started_epoch + wall)
     batches = parsed["batches"]
     rows = sum(b.get("rows", 0) for b in batches)
     batch_s = sum(b.get("duration_s", 0.0) for b in batches)

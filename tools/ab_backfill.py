@@ -28,20 +28,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streaming.bench import SEED, START, TreeMemory, load_average, parse_log, write_config
+from streaming.bench import SEED, START, cold_run, load_average, parse_log, write_config
 from streaming.config import PROJECT_ROOT, dump_toml
 from streaming.generator import READINGS_DIR, SampleSpec, write_sample
 
@@ -89,29 +85,12 @@ def run_once(work: Path, project: Path, config: Path, log_file: Path) -> dict[st
     for state in ("lake", "checkpoints"):
         shutil.rmtree(work / state, ignore_errors=True)
     load = load_average()[0]
-    started = time.monotonic()
-    with open(log_file, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(project / "run_stream.py"), "--config", str(config)],
-            cwd=project,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        memory = TreeMemory(proc.pid).start()
-        try:
-            proc.wait()
-        finally:
-            wall = time.monotonic() - started
-            memory.stop()
-            if proc.poll() is None:  # interrupted: the JVM goes with its group
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    if proc.returncode != 0:
-        raise RuntimeError(f"run_stream.py exited {proc.returncode}; see {log_file}")
-    lines = log_file.read_text().splitlines()
-    batches = parse_log(lines)["batches"]
-    ready = next((m for line in lines if (m := READY.search(line))), None)
+    run = cold_run(config, log_file, project=project)
+    if run.returncode != 0:
+        raise RuntimeError(f"run_stream.py exited {run.returncode}; see {log_file}")
+    batches = parse_log(run.lines)["batches"]
+    ready = next((m for line in run.lines if (m := READY.search(line))), None)
+    wall, memory = run.wall, run.memory
     summary = memory.summary()
     return {
         "load": load,
