@@ -24,7 +24,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from streaming import dimensions, expectations, schemas, sinks, source, transforms
+from streaming import dimensions, expectations, schemas, sinks, small_writes, source, transforms
 from streaming.config import Config
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,10 @@ class Pipeline:
         self._prepared: Future[None] | None = None  # `preparing()`: the start-up running beside the query
         self.stop_event: threading.Event | None = None  # set when the service is asked to stop
         self.small_writes = sinks.small_writes_setting(spark, cfg.small_writes)
+        # Who creates the tables, lands the dimensions and reads their stamps:
+        # delta-rs for a local lake under "auto" (a few ms each, where a cold JVM's
+        # Spark took 10-15 CPU s at start-up), Spark otherwise.
+        self.lake_writer = sinks.writer_for(self.small_writes, cfg.lake)
 
     def _timed_call(self, phase: str, func: Callable[..., None], *args: Any) -> None:
         with self.timed(phase):
@@ -127,7 +131,12 @@ class Pipeline:
             self._prepared.result()
 
     def prepare(self) -> None:
-        """Create the tables and bring the dimensions (and what depends on them) up to date."""
+        """Create the tables and bring the dimensions (and what depends on them) up to date.
+
+        For a local lake under `small_writes = "auto"` delta-rs creates the tables,
+        lands the dimensions and reads their stamps (`lake_writer`); Spark computes
+        `active_agreements` and anything a dimension change re-attributes.
+        """
         with self.lock:
             self.phases = {}
             with self.timed("prepare"):
@@ -136,7 +145,17 @@ class Pipeline:
                 missing = [
                     t for t in sinks.missing_tables(self.spark, self.lake) if t != sinks.ACTIVE_AGREEMENTS
                 ]
-                if sinks.STAGING not in missing:
+                if self.lake_writer == "delta-rs":
+                    # every table, existing ones too: a creation cut short between
+                    # its two commits gets its protocol completed (a few ms a table)
+                    sinks.create_tables(
+                        self.spark,
+                        self.lake,
+                        [t for t in sinks.TABLES if t != sinks.ACTIVE_AGREEMENTS],
+                        self.lake_writer,
+                    )
+                    self.refresh_dimensions(force=True)
+                elif sinks.STAGING not in missing:
                     # an existing lake may re-attribute (and rewrite presentation
                     # dates) in the refresh: its tables must exist first
                     sinks.create_tables(self.spark, self.lake, missing)
@@ -171,7 +190,7 @@ class Pipeline:
             if self.dims is not None and self.dims.fingerprint == source.fingerprint:
                 return False
             fresh = dimensions.conformed_dataframes(self.spark, source)
-            landed = dimensions.landed_fingerprint(self.spark, self.lake("raw/agreement"))
+            landed = dimensions.landed_fingerprint(self.spark, self.lake("raw/agreement"), self.lake_writer)
             if landed != source.fingerprint:
                 previous = self._landed_dimensions()
                 try:
@@ -181,7 +200,7 @@ class Pipeline:
                         previous.unpersist()
                 in_parallel(
                     [
-                        partial(dimensions.land_raw, self.spark, self.lake, source),
+                        partial(dimensions.land_raw, self.spark, self.lake, source, self.lake_writer),
                         partial(self._write_active_agreements, fresh),
                     ]
                 )
@@ -211,9 +230,12 @@ class Pipeline:
 
     def _reattribute(self, fresh: dimensions.Conformed, previous: dimensions.Conformed | None) -> None:
         """Re-join staging rows of meterpoints whose attribution may change; refresh their dates."""
-        if not sinks.table_exists(self.spark, self.lake(sinks.STAGING)):
+        location = self.lake(sinks.STAGING)
+        if not sinks.table_exists(self.spark, location):
             return  # a new lake (its tables are being created): nothing to re-attribute
-        staging = self.spark.read.format("delta").load(self.lake(sinks.STAGING))
+        if self.lake_writer == "delta-rs" and small_writes.row_count(location) == 0:
+            return  # by the log's counts, no Spark job
+        staging = self.spark.read.format("delta").load(location)
         if staging.isEmpty():
             return
         if previous is None:
@@ -246,11 +268,15 @@ class Pipeline:
         """Rewrite the table when the dimensions or the as-of date changed since it was written."""
         location = self.lake(sinks.ACTIVE_AGREEMENTS)
         stamp = {"source_fingerprint": dims.fingerprint, "as_of": self.cfg.as_of.isoformat()}
-        if dimensions.landed_metadata(self.spark, location) == stamp:
+        if dimensions.landed_metadata(self.spark, location, self.lake_writer) == stamp:
             return
         fresh = transforms.active_agreements(dims.agreements_df, self.cfg.as_of)
         sinks.overwrite(
-            sinks.conform(fresh, schemas.ACTIVE_AGREEMENTS), location, user_metadata=json.dumps(stamp)
+            sinks.conform(fresh, schemas.ACTIVE_AGREEMENTS),
+            location,
+            json.dumps(stamp),
+            schemas.ACTIVE_AGREEMENTS,
+            self.lake_writer,
         )
 
     def maintain(self, retain_hours: float = 168.0) -> None:

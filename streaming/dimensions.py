@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
@@ -33,7 +34,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from streaming import schemas
+from streaming import schemas, small_writes
 
 log = logging.getLogger(__name__)
 
@@ -185,27 +186,48 @@ def _convert(value: Any, dtype: DataType) -> Any:
     return str(value)
 
 
-def raw_dataframe(spark: SparkSession, table: SourceTable) -> DataFrame:
-    """A source table as a DataFrame with the SQLite columns, types from the declaration."""
+def raw_rows(table: SourceTable) -> tuple[StructType, list[tuple[Any, ...]]]:
+    """A source table's schema (the SQLite columns, types from the declaration) and rows."""
     fields = []
     for i, (col, declared) in enumerate(zip(table.columns, table.declared, strict=True)):
         dtype = _spark_type(declared, [r[i] for r in table.rows])
         fields.append(StructField(col, dtype, True))
     schema = StructType(fields)
     rows = [tuple(_convert(v, f.dataType) for v, f in zip(row, fields, strict=True)) for row in table.rows]
+    return schema, rows
+
+
+def raw_dataframe(spark: SparkSession, table: SourceTable) -> DataFrame:
+    """A source table as a DataFrame with the SQLite columns, types from the declaration."""
+    schema, rows = raw_rows(table)
     return spark.createDataFrame(rows, schema)
 
 
-def land_raw(spark: SparkSession, lake_table: Any, dims: Dimensions) -> None:
+def raw_arrow(table: SourceTable) -> pa.Table:
+    """A source table as Arrow, in the schema `raw_dataframe` gives it."""
+    schema, rows = raw_rows(table)
+    arrow_schema = small_writes.arrow_schema(schema)
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema.fields]
+    return pa.table(
+        [pa.array(c, type=f.type) for c, f in zip(columns, arrow_schema, strict=True)], schema=arrow_schema
+    )
+
+
+def land_raw(spark: SparkSession, lake_table: Any, dims: Dimensions, writer: str = "spark") -> None:
     """Overwrite raw/<table> with the source rows; each refresh is one new Delta version.
 
     `lake_table` maps a table name such as `raw/agreement` to its location. The
     fingerprint goes into the commit's userMetadata so a restart can tell
-    whether the database changed since it was last landed.
+    whether the database changed since it was last landed. `writer="delta-rs"`
+    (a local lake): delta-rs commits the same rows, no Spark job.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     meta = json.dumps({"source_fingerprint": dims.fingerprint})
+    if writer == "delta-rs":
+        for name in TABLES:
+            small_writes.overwrite(lake_table(f"raw/{name}"), raw_arrow(dims.tables[name]), meta)
+        return
 
     def land(name: str) -> None:
         (
@@ -221,34 +243,39 @@ def land_raw(spark: SparkSession, lake_table: Any, dims: Dimensions) -> None:
         list(pool.map(land, TABLES))
 
 
-def landed_metadata(spark: SparkSession, location: str) -> dict[str, Any]:
-    """The userMetadata (JSON) of the newest commit of a table that carries one."""
+def landed_metadata(spark: SparkSession, location: str, reader: str = "spark") -> dict[str, Any]:
+    """The userMetadata (JSON) of the newest commit of a table that carries one
+    (OPTIMIZE or VACUUM commits do not). `reader="delta-rs"` (a local lake):
+    read from the log by delta-rs, no Spark job."""
     from delta.tables import DeltaTable
 
-    if not DeltaTable.isDeltaTable(spark, location):
-        return {}
-    # the newest commit that carries one (OPTIMIZE or VACUUM commits do not)
-    rows = (
-        DeltaTable.forPath(spark, location)
-        .history(50)
-        .filter("userMetadata IS NOT NULL")
-        .orderBy(F.desc("version"))
-        .select("userMetadata")
-        .limit(1)
-        .collect()
-    )
-    if not rows:
+    if reader == "delta-rs":
+        text = small_writes.newest_user_metadata(location)
+    else:
+        if not DeltaTable.isDeltaTable(spark, location):
+            return {}
+        rows = (
+            DeltaTable.forPath(spark, location)
+            .history(50)
+            .filter("userMetadata IS NOT NULL")
+            .orderBy(F.desc("version"))
+            .select("userMetadata")
+            .limit(1)
+            .collect()
+        )
+        text = rows[0][0] if rows else None
+    if text is None:
         return {}
     try:
-        meta = json.loads(rows[0][0])
+        meta = json.loads(text)
     except ValueError:
         return {}
     return meta if isinstance(meta, dict) else {}
 
 
-def landed_fingerprint(spark: SparkSession, location: str) -> str | None:
+def landed_fingerprint(spark: SparkSession, location: str, reader: str = "spark") -> str | None:
     """The source fingerprint recorded with the newest landing of a raw dimension table."""
-    value = landed_metadata(spark, location).get("source_fingerprint")
+    value = landed_metadata(spark, location, reader).get("source_fingerprint")
     return str(value) if value else None
 
 

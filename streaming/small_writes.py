@@ -26,7 +26,9 @@ Only for tables on the local file system (a folder, or a `file:` URI without a
 host): delta-rs names object stores differently (`s3://`, not `s3a://`) and
 needs its own credentials, so any other lake is written by Spark. The table must
 exist (the pipeline creates every table at start-up): a missing one is an error,
-never a new table created where Spark does not look.
+never a new table created where Spark does not look. Creating the tables is
+done here too for a local lake (`create_table`, at start-up, as Spark's
+`createIfNotExists` makes them), with the dimensions' landing (`overwrite`).
 """
 
 from __future__ import annotations
@@ -119,6 +121,102 @@ def _checkpoint_like_spark(table: DeltaTable) -> None:
     interval = int(table.metadata().configuration.get("delta.checkpointInterval", SPARK_CHECKPOINT_INTERVAL))
     if version > 0 and interval > 0 and version % interval == 0:
         table.create_checkpoint()
+
+
+# What a protocol of writer version 2 implies, which Spark lists when it creates a
+# table with table features (writer version 7, e.g. for a TIMESTAMP_NTZ column);
+# Spark refuses to write a table whose NOT NULL columns lack `invariants`.
+LEGACY_WRITER_FEATURES = ("appendOnly", "invariants")
+
+
+def create_table(path: str, schema: StructType, partitions: Sequence[str] = ()) -> None:
+    """The empty table at `path` as Spark's `createIfNotExists` makes it: the same
+    schema (its JSON, NOT NULL and field metadata kept), partition columns and
+    protocol. Nothing is done to a table that exists but its protocol is
+    completed, so a creation cut short between its two commits is mended by the
+    next start."""
+    from deltalake import DeltaTable, Schema
+
+    local = local_path(path)
+    if local is None:
+        raise ValueError(f"delta-rs creates only tables on the local file system, not {path}")
+    table = DeltaTable.create(
+        local,
+        schema=Schema.from_json(schema.json()),
+        partition_by=list(partitions) or None,
+        mode="ignore",
+        post_commithook_properties=_no_hook_checkpoint(),
+    )
+    _with_spark_protocol(table)
+
+
+def _with_spark_protocol(table: DeltaTable) -> None:
+    """A writer-version-7 table lists the features of writer version 2, as Spark's does."""
+    from deltalake.table import TableFeatures
+
+    protocol = table.protocol()
+    if protocol.min_writer_version < 7:
+        return
+    listed = set(protocol.writer_features or ())
+    missing = [f for f in LEGACY_WRITER_FEATURES if f not in listed]
+    by_name = {"appendOnly": TableFeatures.AppendOnly, "invariants": TableFeatures.Invariants}
+    if missing:
+        table.alter.add_feature(
+            [by_name[f] for f in missing],
+            allow_protocol_versions_increase=False,
+            post_commithook_properties=_no_hook_checkpoint(),
+        )
+
+
+def overwrite(path: str, data: pa.Table, user_metadata: str) -> None:
+    """Replace the table at `path` (created if missing) with `data` in one commit,
+    schema included, the commit annotated with `user_metadata` as Spark's
+    `userMetadata` option does."""
+    from deltalake import CommitProperties, write_deltalake
+
+    local = local_path(path)
+    if local is None:
+        raise ValueError(f"delta-rs writes only tables on the local file system, not {path}")
+    write_deltalake(
+        local,
+        data,
+        mode="overwrite",
+        schema_mode="overwrite",
+        commit_properties=CommitProperties(custom_metadata={"userMetadata": user_metadata}),
+        post_commithook_properties=_no_hook_checkpoint(),
+    )
+    _checkpoint_like_spark(_open(path))
+
+
+def newest_user_metadata(path: str, commits: int = 50) -> str | None:
+    """The `userMetadata` of the newest of the table's last `commits` commits that
+    carries one; None for a missing table or none found."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    local = local_path(path)
+    if local is None:
+        raise ValueError(f"delta-rs reads only tables on the local file system, not {path}")
+    try:
+        table = DeltaTable(local)
+    except TableNotFoundError:
+        return None
+    for commit in sorted(table.history(commits), key=lambda c: -int(c.get("version", -1))):
+        if commit.get("userMetadata") is not None:
+            return str(commit["userMetadata"])
+    return None
+
+
+def row_count(path: str) -> int | None:
+    """The rows of the table at `path` by its log's file statistics; None when a
+    file has no row count there (or the table is not local)."""
+    if not is_local(path):
+        return None
+    files = pa.table(_open(path).get_add_actions(flatten=True))
+    if files.num_rows == 0:
+        return 0
+    counts = files["num_records"]
+    return None if counts.null_count else int(pc.sum(counts).as_py() or 0)
 
 
 def read_partitions(
