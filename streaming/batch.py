@@ -140,39 +140,38 @@ class Pipeline:
         with self.lock:
             self.phases = {}
             with self.timed("prepare"):
-                # active_agreements is written by the refresh; the other tables are
-                # created meanwhile (each commit is mostly driver latency)
-                missing = [
-                    t for t in sinks.missing_tables(self.spark, self.lake) if t != sinks.ACTIVE_AGREEMENTS
-                ]
+                # active_agreements is written by the refresh
+                tables = [t for t in sinks.TABLES if t != sinks.ACTIVE_AGREEMENTS]
                 if self.lake_writer == "delta-rs":
                     # every table, existing ones too: a creation cut short between
                     # its two commits gets its protocol completed (a few ms a table)
-                    sinks.create_tables(
-                        self.spark,
-                        self.lake,
-                        [t for t in sinks.TABLES if t != sinks.ACTIVE_AGREEMENTS],
-                        self.lake_writer,
-                    )
-                    self.refresh_dimensions(force=True)
-                elif sinks.STAGING not in missing:
-                    # an existing lake may re-attribute (and rewrite presentation
-                    # dates) in the refresh: its tables must exist first
-                    sinks.create_tables(self.spark, self.lake, missing)
+                    sinks.create_tables(self.spark, self.lake, tables, self.lake_writer)
                     self.refresh_dimensions(force=True)
                 else:
-                    # a new lake: nothing to re-attribute, the two overlap (the
-                    # refresh stays on this thread, which holds the lock)
-                    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="create-tables") as pool:
-                        created = pool.submit(sinks.create_tables, self.spark, self.lake, missing)
-                        try:
-                            self.refresh_dimensions(force=True)
-                        except BaseException:
-                            if created.exception() is not None:
-                                log.error("creating the tables failed too", exc_info=created.exception())
-                            raise
-                        created.result()
+                    self._prepare_with_spark(tables)
             log.info("lake and dimensions ready in %.1f s", self.phases["prepare"])
+
+    def _prepare_with_spark(self, tables: list[str]) -> None:
+        """Spark creates the missing tables beside the dimension refresh (each
+        commit is mostly driver latency)."""
+        missing = [t for t in sinks.missing_tables(self.spark, self.lake) if t in tables]
+        if sinks.STAGING not in missing:
+            # an existing lake may re-attribute (and rewrite presentation dates) in
+            # the refresh: its tables must exist first
+            sinks.create_tables(self.spark, self.lake, missing)
+            self.refresh_dimensions(force=True)
+            return
+        # a new lake: nothing to re-attribute, the two overlap (the refresh stays
+        # on this thread, which holds the lock)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="create-tables") as pool:
+            created = pool.submit(sinks.create_tables, self.spark, self.lake, missing)
+            try:
+                self.refresh_dimensions(force=True)
+            except BaseException:
+                if created.exception() is not None:
+                    log.error("creating the tables failed too", exc_info=created.exception())
+                raise
+            created.result()
 
     def refresh_dimensions(self, force: bool = False) -> bool:
         """Reload the SQLite dimensions if the file changed; True if anything was reloaded.
@@ -190,7 +189,10 @@ class Pipeline:
             if self.dims is not None and self.dims.fingerprint == source.fingerprint:
                 return False
             fresh = dimensions.conformed_dataframes(self.spark, source)
-            landed = dimensions.landed_fingerprint(self.spark, self.lake("raw/agreement"), self.lake_writer)
+            agreements = len(source.tables["agreement"].rows)
+            landed = dimensions.landed_fingerprint(
+                self.spark, self.lake(f"raw/{dimensions.STAMPED}"), self.lake_writer
+            )
             if landed != source.fingerprint:
                 previous = self._landed_dimensions()
                 try:
@@ -201,12 +203,12 @@ class Pipeline:
                 in_parallel(
                     [
                         partial(dimensions.land_raw, self.spark, self.lake, source, self.lake_writer),
-                        partial(self._write_active_agreements, fresh),
+                        partial(self._write_active_agreements, fresh, agreements),
                     ]
                 )
                 log.info("dimensions landed (fingerprint %s…)", source.fingerprint[:12])
             else:
-                self._write_active_agreements(fresh)
+                self._write_active_agreements(fresh, agreements)
             old, self.dims = self.dims, fresh
             if old is not None:
                 old.unpersist()
@@ -217,7 +219,7 @@ class Pipeline:
         tables = {}
         for name in dimensions.TABLES:
             location = self.lake(f"raw/{name}")
-            if not sinks.DeltaTable.isDeltaTable(self.spark, location):
+            if not sinks.table_exists(self.spark, location):
                 return None
             df = self.spark.read.format("delta").load(location)
             rows = tuple(tuple(r) for r in df.collect())
@@ -264,8 +266,9 @@ class Pipeline:
         finally:
             re_attributed.unpersist()
 
-    def _write_active_agreements(self, dims: dimensions.Conformed) -> None:
-        """Rewrite the table when the dimensions or the as-of date changed since it was written."""
+    def _write_active_agreements(self, dims: dimensions.Conformed, agreements: int) -> None:
+        """Rewrite the table when the dimensions or the as-of date changed since it was
+        written; `agreements` is the source's agreement rows (at most the table's rows)."""
         location = self.lake(sinks.ACTIVE_AGREEMENTS)
         stamp = {"source_fingerprint": dims.fingerprint, "as_of": self.cfg.as_of.isoformat()}
         if dimensions.landed_metadata(self.spark, location, self.lake_writer) == stamp:
@@ -274,9 +277,10 @@ class Pipeline:
         sinks.overwrite(
             sinks.conform(fresh, schemas.ACTIVE_AGREEMENTS),
             location,
-            json.dumps(stamp),
             schemas.ACTIVE_AGREEMENTS,
-            self.lake_writer,
+            json.dumps(stamp),
+            # at most one row per agreement comes to the driver
+            sinks.writer_for(self.small_writes, location, rows=agreements),
         )
 
     def maintain(self, retain_hours: float = 168.0) -> None:

@@ -785,7 +785,15 @@ def timed_run(spark: Any, config: Path) -> dict[str, Any]:
     }
 
 
-def empty_lake_run(spark: Any, root: Path, db: Path, day_folder: Path) -> dict[str, Any]:
+def archiving(root: Path, archive: bool) -> dict[str, Any]:
+    """The pipeline settings of a lake under `root`: processed files moved to
+    `root/archive` when `archive` (the readings folder then holds only new files)."""
+    return {"archive_dir": str(root / "archive")} if archive else {}
+
+
+def empty_lake_run(
+    spark: Any, root: Path, db: Path, day_folder: Path, archive: bool = False
+) -> dict[str, Any]:
     """One day's files into a new, empty lake on the warm session (links: same bytes and mtimes)."""
     readings = root / "data" / READINGS_DIR
     readings.mkdir(parents=True)
@@ -793,14 +801,16 @@ def empty_lake_run(spark: Any, root: Path, db: Path, day_folder: Path) -> dict[s
     for f in day_folder.iterdir():
         os.link(f, readings / f.name)
     try:
-        return timed_run(spark, write_config(root))
+        return timed_run(spark, write_config(root, archiving(root, archive)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def bench_incremental(
-    work: Path, spark: Any, meterpoints: int, histories: list[int], log_path: Path
+    work: Path, spark: Any, meterpoints: int, histories: list[int], log_path: Path, archive: bool = False
 ) -> dict[str, Any]:
+    """`archive`: every lake's processed files are moved out of its readings folder
+    (`archive_dir`), as the README advises for a folder that grows for months."""
     root = work / "incremental"
     shutil.rmtree(root, ignore_errors=True)
     ids = meterpoint_ids(meterpoints, SEED)
@@ -810,7 +820,7 @@ def bench_incremental(
     readings.mkdir(parents=True)
     db = history / "data" / DB_NAME
     write_dimensions(db, ids, START, total_days, SEED)
-    config = write_config(history)
+    config = write_config(history, archiving(history, archive))
     day_files = root / "days"
     measured: list[dict[str, Any]] = []
     built = 0  # days of history in the lake
@@ -829,7 +839,9 @@ def bench_incremental(
             # the same day into an empty lake (warm session) just before and just after
             # the run on top of the history; the baseline is their mean (load drifts)
             load = load_average()
-            empty_before = empty_lake_run(spark, root / f"empty_{h:03d}_a", db, day_files / f"day_{h:03d}")
+            empty_before = empty_lake_run(
+                spark, root / f"empty_{h:03d}_a", db, day_files / f"day_{h:03d}", archive
+            )
             say(
                 f"incremental: day {h + 1} into an empty lake: run {empty_before['run_s']:.2f} s, "
                 f"batch {empty_before['batch_s']:.2f} s, CPU {empty_before['cpu_s']:.1f} s"
@@ -841,7 +853,9 @@ def bench_incremental(
                 f"incremental: day {h + 1} on {h} days of history: run {incremental['run_s']:.2f} s, "
                 f"batch {incremental['batch_s']:.2f} s, CPU {incremental['cpu_s']:.1f} s"
             )
-            empty_after = empty_lake_run(spark, root / f"empty_{h:03d}_b", db, day_files / f"day_{h:03d}")
+            empty_after = empty_lake_run(
+                spark, root / f"empty_{h:03d}_b", db, day_files / f"day_{h:03d}", archive
+            )
             say(
                 f"incremental: day {h + 1} into an empty lake again: run {empty_after['run_s']:.2f} s, "
                 f"batch {empty_after['batch_s']:.2f} s, CPU {empty_after['cpu_s']:.1f} s"
@@ -870,7 +884,7 @@ def bench_incremental(
                 }
             )
             built = h + 1
-    return {"meterpoints": meterpoints, "histories": measured}
+    return {"meterpoints": meterpoints, "archive_dir": archive, "histories": measured}
 
 
 # --------------------------------------------------------------------------
@@ -1117,7 +1131,7 @@ def figures(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 rows.append(
                     (
                         f"incremental/empty {kind} ratio, {h['history_days']} d history, "
-                        f"{inc['meterpoints']:,} mp",
+                        f"{inc['meterpoints']:,} mp{', files archived' if inc.get('archive_dir') else ''}",
                         value,
                         target,
                         met_text,
@@ -1274,6 +1288,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--debounce", type=float, default=0.2, help="watch_debounce_seconds (default 0.2)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument(
+        "--archive",
+        action="store_true",
+        help="incremental scenario: processed files moved out of the readings folder (archive_dir)",
+    )
+    parser.add_argument(
         "--keep-data", action="store_true", help="keep generated data and lakes under <out>/work"
     )
     args = parser.parse_args(argv)
@@ -1365,14 +1384,20 @@ def main(argv: list[str] | None = None) -> int:
                     }
             if "incremental" in args.only:
                 say(
-                    f"incremental: {args.inc_meterpoints} meterpoints, histories {args.histories} days "
+                    f"incremental: {args.inc_meterpoints} meterpoints, histories {args.histories} days"
+                    f"{', processed files archived' if args.archive else ''} "
                     f"(pipeline log in {work / 'incremental.log'})"
                 )
                 _attempt(
                     results,
                     "incremental",
                     lambda: bench_incremental(
-                        work, spark, args.inc_meterpoints, args.histories, work / "incremental.log"
+                        work,
+                        spark,
+                        args.inc_meterpoints,
+                        args.histories,
+                        work / "incremental.log",
+                        args.archive,
                     ),
                 )
         finally:
@@ -1395,6 +1420,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(results, indent=2, default=str)
     (out / "results.json").write_text(text)
     archive = label if args.only == list(SCENARIOS) else f"{label}_{'+'.join(args.only)}"
+    archive += "_archive" if args.archive else ""
     (out / f"results_{archive}.json").write_text(text)
     try:
         chart(results, out / "benchmarks.png")

@@ -39,6 +39,7 @@ from streaming import schemas, small_writes
 log = logging.getLogger(__name__)
 
 TABLES = ("agreement", "product", "meterpoint")
+STAMPED = "agreement"  # its raw table's stamp tells whether the landing is complete
 REQUIRED = {
     "agreement": (
         "agreement_id",
@@ -224,12 +225,12 @@ def land_raw(spark: SparkSession, lake_table: Any, dims: Dimensions, writer: str
     from concurrent.futures import ThreadPoolExecutor
 
     meta = json.dumps({"source_fingerprint": dims.fingerprint})
-    if writer == "delta-rs":
-        for name in TABLES:
-            small_writes.overwrite(lake_table(f"raw/{name}"), raw_arrow(dims.tables[name]), meta)
-        return
 
     def land(name: str) -> None:
+        if writer == "delta-rs":
+            path = lake_table(f"raw/{name}")
+            small_writes.overwrite(path, raw_arrow(dims.tables[name]), meta, overwrite_schema=True)
+            return
         (
             raw_dataframe(spark, dims.tables[name])
             .write.format("delta")
@@ -239,8 +240,12 @@ def land_raw(spark: SparkSession, lake_table: Any, dims: Dimensions, writer: str
             .save(lake_table(f"raw/{name}"))
         )
 
-    with ThreadPoolExecutor(max_workers=len(TABLES)) as pool:
-        list(pool.map(land, TABLES))
+    # A restart checks STAMPED's stamp (`landed_fingerprint`): it is landed last,
+    # so a crash part-way has all three landed again.
+    others = [name for name in TABLES if name != STAMPED]
+    with ThreadPoolExecutor(max_workers=len(others)) as pool:
+        list(pool.map(land, others))
+    land(STAMPED)
 
 
 def landed_metadata(spark: SparkSession, location: str, reader: str = "spark") -> dict[str, Any]:

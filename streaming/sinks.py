@@ -427,16 +427,13 @@ def replace_dates(
 
 
 def overwrite(
-    df: DataFrame, path: str, user_metadata: str, schema: StructType | None = None, writer: str = "spark"
+    df: DataFrame, path: str, schema: StructType, user_metadata: str, writer: str = "spark"
 ) -> None:
-    """Replace a small table in one commit, annotated with `user_metadata`.
+    """Replace a small table, in `schema`, in one commit annotated with `user_metadata`.
 
-    `writer="delta-rs"`: the rows come to the driver (in `schema`, required then)
-    and delta-rs commits them.
+    `writer="delta-rs"`: the rows come to the driver and delta-rs commits them.
     """
     if writer == "delta-rs":
-        if schema is None:
-            raise ValueError("a delta-rs overwrite needs the table's schema")
         small_writes.overwrite(path, small_writes.arrow_rows(df, schema), user_metadata)
         return
     df.write.format("delta").mode("overwrite").option("userMetadata", user_metadata).save(path)

@@ -26,9 +26,11 @@ Only for tables on the local file system (a folder, or a `file:` URI without a
 host): delta-rs names object stores differently (`s3://`, not `s3a://`) and
 needs its own credentials, so any other lake is written by Spark. The table must
 exist (the pipeline creates every table at start-up): a missing one is an error,
-never a new table created where Spark does not look. Creating the tables is
-done here too for a local lake (`create_table`, at start-up, as Spark's
-`createIfNotExists` makes them), with the dimensions' landing (`overwrite`).
+never a new table created where Spark does not look. A local lake's start-up
+is done here too: its empty tables created (`create_table`, as Spark's
+`createIfNotExists` makes them), the dimensions landed and `active_agreements`
+written (`overwrite`, which creates those tables on their first landing, as
+Spark's writer does).
 """
 
 from __future__ import annotations
@@ -89,14 +91,19 @@ def is_local(path: str) -> bool:
     return local_path(path) is not None
 
 
+def _local(path: str) -> str:
+    """`local_path(path)`, or a ValueError for a table delta-rs must not touch."""
+    local = local_path(path)
+    if local is None:
+        raise ValueError(f"delta-rs reads and writes only tables on the local file system, not {path}")
+    return local
+
+
 def _open(path: str) -> DeltaTable:
     """The existing table at `path` (raises for a missing table or a non-local path)."""
     from deltalake import DeltaTable
 
-    local = local_path(path)
-    if local is None:
-        raise ValueError(f"delta-rs writes only tables on the local file system, not {path}")
-    return DeltaTable(local)
+    return DeltaTable(_local(path))
 
 
 def _no_hook_checkpoint() -> Any:
@@ -132,56 +139,53 @@ LEGACY_WRITER_FEATURES = ("appendOnly", "invariants")
 def create_table(path: str, schema: StructType, partitions: Sequence[str] = ()) -> None:
     """The empty table at `path` as Spark's `createIfNotExists` makes it: the same
     schema (its JSON, NOT NULL and field metadata kept), partition columns and
-    protocol. Nothing is done to a table that exists but its protocol is
-    completed, so a creation cut short between its two commits is mended by the
-    next start."""
+    protocol. An existing table is left as it is, apart from completing its
+    protocol (`complete_protocol`), so a creation cut short between its two
+    commits is mended by the next start."""
     from deltalake import DeltaTable, Schema
 
-    local = local_path(path)
-    if local is None:
-        raise ValueError(f"delta-rs creates only tables on the local file system, not {path}")
     table = DeltaTable.create(
-        local,
+        _local(path),
         schema=Schema.from_json(schema.json()),
         partition_by=list(partitions) or None,
         mode="ignore",
         post_commithook_properties=_no_hook_checkpoint(),
     )
-    _with_spark_protocol(table)
+    complete_protocol(table)
 
 
-def _with_spark_protocol(table: DeltaTable) -> None:
-    """A writer-version-7 table lists the features of writer version 2, as Spark's does."""
+def complete_protocol(table: DeltaTable) -> None:
+    """A writer-version-7 table lists the features of writer version 2, as Spark's
+    does (one commit, only when one is missing)."""
     from deltalake.table import TableFeatures
 
     protocol = table.protocol()
     if protocol.min_writer_version < 7:
         return
     listed = set(protocol.writer_features or ())
-    missing = [f for f in LEGACY_WRITER_FEATURES if f not in listed]
-    by_name = {"appendOnly": TableFeatures.AppendOnly, "invariants": TableFeatures.Invariants}
+    missing = [
+        getattr(TableFeatures, f[0].upper() + f[1:]) for f in LEGACY_WRITER_FEATURES if f not in listed
+    ]
     if missing:
         table.alter.add_feature(
-            [by_name[f] for f in missing],
+            missing,
             allow_protocol_versions_increase=False,
             post_commithook_properties=_no_hook_checkpoint(),
         )
 
 
-def overwrite(path: str, data: pa.Table, user_metadata: str) -> None:
+def overwrite(path: str, data: pa.Table, user_metadata: str, overwrite_schema: bool = False) -> None:
     """Replace the table at `path` (created if missing) with `data` in one commit,
-    schema included, the commit annotated with `user_metadata` as Spark's
-    `userMetadata` option does."""
+    the commit annotated with `user_metadata` as Spark's `userMetadata` option
+    does. `overwrite_schema`: the table takes `data`'s schema (Spark's
+    `overwriteSchema`); otherwise a different schema is refused."""
     from deltalake import CommitProperties, write_deltalake
 
-    local = local_path(path)
-    if local is None:
-        raise ValueError(f"delta-rs writes only tables on the local file system, not {path}")
     write_deltalake(
-        local,
+        _local(path),
         data,
         mode="overwrite",
-        schema_mode="overwrite",
+        schema_mode="overwrite" if overwrite_schema else None,
         commit_properties=CommitProperties(custom_metadata={"userMetadata": user_metadata}),
         post_commithook_properties=_no_hook_checkpoint(),
     )
@@ -194,11 +198,8 @@ def newest_user_metadata(path: str, commits: int = 50) -> str | None:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    local = local_path(path)
-    if local is None:
-        raise ValueError(f"delta-rs reads only tables on the local file system, not {path}")
     try:
-        table = DeltaTable(local)
+        table = DeltaTable(_local(path))
     except TableNotFoundError:
         return None
     for commit in sorted(table.history(commits), key=lambda c: -int(c.get("version", -1))):

@@ -49,8 +49,11 @@ def make_config(tmp: Path, readings: Path | None = None, db: Path | None = None,
 
 def commits(spark: SparkSession, path: str) -> list[tuple[str, str]]:
     """(operation, engine) of each commit after the table's creation, oldest first;
-    the engine is `Apache-Spark` or `delta-rs` (the product in `engineInfo`)."""
-    history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").filter("operation != 'CREATE TABLE'")
+    the engine is `Apache-Spark` or `delta-rs` (the product in `engineInfo`). A
+    table delta-rs creates may take two commits (`small_writes.create_table`)."""
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").filter(
+        "operation NOT IN ('CREATE TABLE', 'ADD FEATURE')"
+    )
     return [
         (operation, engine.split("/")[0].split(":")[0])
         for operation, engine in history.orderBy("version").select("operation", "engineInfo").collect()

@@ -10,6 +10,9 @@ appends to, MERGEs, replaces, compacts and vacuums.
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -104,15 +107,18 @@ def test_delta_rs_makes_the_lake_spark_makes(spark: SparkSession, lakes: dict[st
         assert dimensions.landed_metadata(spark, active, "delta-rs")["source_fingerprint"] == fingerprint
 
 
-def test_a_restart_on_a_delta_rs_lake_commits_nothing(
+def test_a_restart_commits_nothing_whoever_made_the_lake(
     spark: SparkSession, lakes: dict[str, Pipeline]
 ) -> None:
-    pipeline = lakes["auto"]
     names = [*sinks.TABLES, *RAW_DIMENSIONS]
-    versions = {name: RsTable(pipeline.lake(name)).version() for name in names}
-    again = Pipeline(spark, pipeline.cfg)
-    again.prepare()
-    assert {name: RsTable(pipeline.lake(name)).version() for name in names} == versions
+    # the stamps are found behind commits that carry none (OPTIMIZE, VACUUM)
+    maintain(spark, lakes["auto"].lake, retain_hours=168.0, names=[*RAW_DIMENSIONS, sinks.ACTIVE_AGREEMENTS])
+    for made_by, restarted_with in (("auto", "auto"), ("spark", "auto"), ("auto", "spark")):
+        lake = lakes[made_by].lake
+        versions = {name: RsTable(lake(name)).version() for name in names}
+        Pipeline(spark, replace(lakes[made_by].cfg, small_writes=restarted_with)).prepare()
+        after = {name: RsTable(lake(name)).version() for name in names}
+        assert after == versions, (made_by, restarted_with)
 
 
 def test_spark_writes_compacts_and_vacuums_tables_delta_rs_created(
@@ -162,11 +168,14 @@ def test_spark_writes_compacts_and_vacuums_tables_delta_rs_created(
     assert spark.read.format("delta").load(half_hour).count() == 1
 
 
-def test_a_creation_cut_short_is_completed_at_the_next_start(spark: SparkSession, tmp_path: Path) -> None:
+def test_a_creation_cut_short_is_completed_at_the_next_start(
+    spark: SparkSession, lakes: dict[str, Pipeline], tmp_path: Path
+) -> None:
     """delta-rs creates a table in one commit and lists Spark's features in a second:
     a crash between them leaves a table Spark refuses to write, until the next
     start completes it."""
-    lake = sinks.LakePaths(str(tmp_path / "lake"))
+    cfg = replace(lakes["auto"].cfg, lake=str(tmp_path / "lake"))
+    lake = sinks.LakePaths(cfg.lake)
     staging = lake(sinks.STAGING)
     schema, partitions = sinks.TABLES[sinks.STAGING]
     RsTable.create(staging, schema=RsSchema.from_json(schema.json()), partition_by=list(partitions))
@@ -174,12 +183,53 @@ def test_a_creation_cut_short_is_completed_at_the_next_start(spark: SparkSession
     row = frame(spark, [reading("a", day, 0, 0.5)])
     with pytest.raises(Exception, match="DELTA_FEATURES_PROTOCOL_METADATA_MISMATCH"):
         row.write.format("delta").mode("append").save(staging)
-    sinks.create_tables(spark, lake, [sinks.STAGING], writer="delta-rs")
+    Pipeline(spark, cfg).prepare()
     assert RsTable(staging).version() == 1  # the features' commit, nothing else
+    assert table_shape(staging) == table_shape(lakes["spark"].lake(sinks.STAGING))
     row.write.format("delta").mode("append").save(staging)
     sinks.create_tables(spark, lake, [sinks.STAGING], writer="delta-rs")  # complete: no commit
     assert RsTable(staging).version() == 2
     assert spark.read.format("delta").load(staging).count() == 1
+
+
+def test_a_crash_part_way_through_the_landing_lands_every_table_again(
+    spark: SparkSession, lakes: dict[str, Pipeline], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart checks one table's stamp, so that table is landed last: a crash after
+    another leaves its old stamp, and the next start lands all three again."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(lakes["auto"].cfg.db, data / "case_study.db")
+    cfg = replace(lakes["auto"].cfg, lake=str(tmp_path / "lake"), db=str(data / "case_study.db"))
+    Pipeline(spark, cfg).prepare()
+    with sqlite3.connect(cfg.db) as con:  # the database changes
+        con.execute("UPDATE product SET display_name = display_name || ' (new)'")
+        con.execute("UPDATE meterpoint SET region = 'Elsewhere'")
+    con.close()
+    landed: list[str] = []
+    overwrite = small_writes.overwrite
+
+    def crash_on_the_second_landing(path: str, *args: Any, **kwargs: Any) -> None:
+        if "/raw/" in path:
+            landed.append(path)
+            if len(landed) == 2:
+                raise RuntimeError("simulated crash")
+        overwrite(path, *args, **kwargs)
+
+    monkeypatch.setattr(small_writes, "overwrite", crash_on_the_second_landing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        Pipeline(spark, cfg).prepare()
+    monkeypatch.undo()
+    restarted = Pipeline(spark, cfg)
+    restarted.prepare()
+    assert restarted.dims is not None
+    lake = sinks.LakePaths(cfg.lake)
+    for name in RAW_DIMENSIONS:
+        stamp = dimensions.landed_metadata(spark, lake(name), "delta-rs")
+        assert stamp == {"source_fingerprint": restarted.dims.fingerprint}, name
+    landed_rows = {name: RsTable(lake(name)).to_pyarrow_table() for name in RAW_DIMENSIONS}
+    assert set(landed_rows["raw/meterpoint"]["region"].to_pylist()) == {"Elsewhere"}
+    assert all(n.endswith(" (new)") for n in landed_rows["raw/product"]["display_name"].to_pylist() if n)
 
 
 def test_raw_dimension_rows_in_arrow_are_the_rows_spark_lands(spark: SparkSession, tmp_path: Path) -> None:
@@ -199,7 +249,11 @@ def test_raw_dimension_rows_in_arrow_are_the_rows_spark_lands(spark: SparkSessio
     # an overwrite with other columns replaces the schema, as Spark's overwriteSchema does
     path = str(tmp_path / "raw" / "product")
     small_writes.overwrite(path, arrow, json.dumps({"source_fingerprint": "one"}))
-    small_writes.overwrite(path, dimensions.raw_arrow(empty), json.dumps({"source_fingerprint": "two"}))
+    with pytest.raises(Exception, match="schema"):  # a different schema, unless asked
+        small_writes.overwrite(path, dimensions.raw_arrow(empty), json.dumps({"source_fingerprint": "x"}))
+    small_writes.overwrite(
+        path, dimensions.raw_arrow(empty), json.dumps({"source_fingerprint": "two"}), overwrite_schema=True
+    )
     assert spark.read.format("delta").load(path).columns == ["meterpoint_id", "region"]
     assert dimensions.landed_metadata(spark, path, "delta-rs") == {"source_fingerprint": "two"}
     assert small_writes.newest_user_metadata(str(tmp_path / "missing")) is None

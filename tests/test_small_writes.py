@@ -129,7 +129,7 @@ def test_spark_reads_compacts_and_vacuums_what_delta_rs_wrote_and_delta_rs_goes_
 ) -> None:
     lake = sinks.LakePaths(str(tmp_path / "lake"))
     table = sinks.HALF_HOUR
-    sinks.create_tables(spark, lake, [table])  # created by Spark, as the pipeline does
+    sinks.create_tables(spark, lake, [table])  # created by Spark (test_lake_creation: by delta-rs)
     days = [WINTER + timedelta(days=i) for i in range(4)]
     for i, day in enumerate(days):
         sinks.replace_dates(
