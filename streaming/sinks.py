@@ -104,21 +104,17 @@ def create_tables(
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
-    if _has_delta_log(path):
-        return True
+    """Whether a Delta table is at `path`. A local one is told by its log folder (a
+    directory listing, where asking Spark loads a snapshot: seconds on a cold JVM);
+    Spark answers for other paths, and for a local log without a commit file."""
     local = small_writes.local_path(path)
-    if local is not None and not os.path.isdir(os.path.join(local, "_delta_log")):
-        return False  # no log folder: no table (asking Spark costs a cold JVM seconds)
+    if local is not None:
+        log = os.path.join(local, "_delta_log")
+        if not os.path.isdir(log):
+            return False
+        if any(name.endswith(".json") for name in os.listdir(log)):
+            return True
     return bool(DeltaTable.isDeltaTable(spark, path))
-
-
-def _has_delta_log(path: str) -> bool:
-    """A local table's log holds a commit (a directory listing, where loading a
-    Delta snapshot takes a Spark job)."""
-    if "://" in path and not path.startswith("file:"):
-        return False
-    log = os.path.join(path.removeprefix("file:"), "_delta_log")
-    return os.path.isdir(log) and any(name.endswith(".json") for name in os.listdir(log))
 
 
 class LakePaths:
