@@ -39,4 +39,4 @@ bench: setup
 	$(PY) -m streaming.bench
 
 clean:
-	rm -rf lake checkpoints/readings checkpoints/.lock bench_out spark-warehouse
+	rm -rf lake checkpoints/readings checkpoints/readings-from-batch-* checkpoints/.lock bench_out spark-warehouse

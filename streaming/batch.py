@@ -24,7 +24,16 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from streaming import dimensions, expectations, schemas, sinks, small_writes, source, transforms
+from streaming import (
+    dimensions,
+    expectations,
+    ingestion_log,
+    schemas,
+    sinks,
+    small_writes,
+    source,
+    transforms,
+)
 from streaming.config import Config
 
 log = logging.getLogger(__name__)
@@ -65,6 +74,8 @@ class Pipeline:
         self.dims: dimensions.Conformed | None = None
         self.db_signature: tuple[int, int, int] | None = None
         self.app_id: str | None = None
+        # the checkpoint in use (runner.start_query sets it before every query)
+        self.generation = ingestion_log.current(cfg.checkpoints)
         self.batches: list[dict[str, Any]] = []
         self.failure = False  # set by a background refresh that failed
         self.raise_at: str | None = None  # test hook: a crash point to raise at
@@ -292,29 +303,41 @@ class Pipeline:
 
     # ------------------------------------------------------------ batches
 
+    def use_generation(self, generation: ingestion_log.Generation) -> None:
+        """The checkpoint the next query runs on (a rotation starts a new one)."""
+        if generation != self.generation:
+            self.generation = generation
+            self.app_id = None
+
     def query_app_id(self) -> str:
         """Delta txnAppId of this pipeline: the checkpoint's persistent query id.
 
-        A new checkpoint (a reprocess from scratch) gets a new id, so Delta never
-        mistakes its batch 0 for an old one.
+        A new checkpoint (a reprocess from scratch, or the ingestion log's next
+        generation) gets a new id, so Delta never mistakes its batches for old ones.
         """
         if self.app_id is None:
-            meta = self.spark.read.text(f"{self.cfg.readings_checkpoint}/metadata").first()
+            checkpoint = self.generation.path
+            meta = self.spark.read.text(f"{checkpoint}/metadata").first()
             if meta is None:
-                raise RuntimeError(f"checkpoint {self.cfg.readings_checkpoint} has no metadata")
+                raise RuntimeError(f"checkpoint {checkpoint} has no metadata")
             self.app_id = "smart-meter-" + str(json.loads(meta[0])["id"])
         return self.app_id
 
-    def process_batch(self, batch_df: DataFrame, batch_id: int) -> None:
-        """foreachBatch handler; any exception fails the query (the batch is replayed on restart)."""
+    def process_batch(self, batch_df: DataFrame, spark_batch_id: int) -> None:
+        """foreachBatch handler; any exception fails the query (the batch is replayed on restart).
+
+        The lake's batch id (`raw/readings.batch_id`, Delta's `txnVersion`) is
+        Spark's batch id counted on from the checkpoint generation's first batch.
+        """
+        batch_id = self.generation.lake_batch(spark_batch_id)
         self.wait_prepared()
         if self.stop_event is not None and self.stop_event.is_set():
             # asked to stop while the start-up ran: do not begin a (perhaps long) batch
             raise StopRequested(f"batch {batch_id} not begun: a stop was requested")
         with self.lock:
-            self._process(batch_df, batch_id)
+            self._process(batch_df, batch_id, spark_batch_id)
 
-    def _process(self, batch_df: DataFrame, batch_id: int) -> None:
+    def _process(self, batch_df: DataFrame, batch_id: int, spark_batch_id: int) -> None:
         started = time.monotonic()
         self.phases = {}
         spark = batch_df.sparkSession
@@ -332,7 +355,7 @@ class Pipeline:
             if reasons:
                 expectations.check_failures(reasons, self.rules, batch_id, _first_failure(parsed, self.rules))
             with self.timed("unread"):
-                unread = self._unread_files(spark, parsed, batch_id, counts["files"])
+                unread = self._unread_files(spark, parsed, spark_batch_id, counts["files"])
             counts["files_unread"] = len(unread)
             # The raw (and quarantine) appends run beside the staging work; staging
             # is committed only once they are (so a crash leaves raw, then staging,
@@ -431,10 +454,12 @@ class Pipeline:
             change.release()
         return {"dates": len(dates), "staged_new": change.inserted, "staged_corrected": change.updated}
 
-    def _unread_files(self, spark: SparkSession, parsed: DataFrame, batch_id: int, seen: int) -> list[str]:
+    def _unread_files(
+        self, spark: SparkSession, parsed: DataFrame, spark_batch_id: int, seen: int
+    ) -> list[str]:
         """Files of the batch that produced no record: Spark's file scan skips 0-byte
         files (and a file may vanish between listing and reading)."""
-        logged = source.batch_files(self.cfg.readings_checkpoint, batch_id)
+        logged = ingestion_log.batch_files(self.generation.path, spark_batch_id)
         if logged is None or len(logged) <= seen:
             return []
         present = {

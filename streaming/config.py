@@ -37,6 +37,7 @@ class Config:
     watch_debounce_seconds: float = 0.5
     maintenance_every_hours: float = 24.0  # services: OPTIMIZE + VACUUM this often (0: never)
     archive_dir: str = ""  # non-empty: move processed files there (file source cleanSource)
+    ingestion_log_max_files: int = 5000  # with archive_dir: a new checkpoint generation after this many files
     small_writes: str = "auto"  # auto: delta-rs commits small writes to a local lake; spark: Spark does
     spark: dict[str, str] = field(default_factory=dict)
     expectations: dict[str, str] = field(default_factory=dict)
@@ -44,10 +45,6 @@ class Config:
     def table(self, name: str) -> str:
         """Location of a lake table such as `staging/readings`."""
         return f"{self.lake.rstrip('/')}/{name}"
-
-    @property
-    def readings_checkpoint(self) -> str:
-        return f"{self.checkpoints.rstrip('/')}/readings"
 
 
 def _is_uri(path: str) -> bool:
@@ -105,6 +102,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
         watch_debounce_seconds=float(pipeline.get("watch_debounce_seconds", 0.5)),
         maintenance_every_hours=float(pipeline.get("maintenance_every_hours", 24)),
         archive_dir=resolve_path(str(pipeline["archive_dir"]), base) if pipeline.get("archive_dir") else "",
+        ingestion_log_max_files=int(pipeline.get("ingestion_log_max_files", 5000)),
         small_writes=str(pipeline.get("small_writes", "auto")),
         spark={str(k): str(v) for k, v in raw.get("spark", {}).items()},
         expectations={str(k): str(v) for k, v in raw.get("expectations", {}).items()},
@@ -137,6 +135,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"unknown time zone {cfg.timezone!r}") from exc
     if cfg.max_files_per_trigger < 0:
         raise ConfigError("max_files_per_trigger must be >= 0")
+    if cfg.ingestion_log_max_files < 0:
+        raise ConfigError("ingestion_log_max_files must be >= 0 (0: never start a new generation)")
     if cfg.small_writes not in SMALL_WRITES:
         raise ConfigError(f"small_writes must be one of {', '.join(SMALL_WRITES)}, got {cfg.small_writes!r}")
     from streaming.expectations import load_expectations

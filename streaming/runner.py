@@ -21,7 +21,7 @@ from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
-from streaming import source
+from streaming import ingestion_log, source
 from streaming.batch import Pipeline
 from streaming.config import Config
 
@@ -144,11 +144,14 @@ class StopSignal:
 
 
 def start_query(spark: SparkSession, cfg: Config, pipeline: Pipeline, trigger: str) -> StreamingQuery:
-    """Start the readings query with the given trigger (`available-now` or `processing-time`)."""
+    """Start the readings query with the given trigger (`available-now` or `processing-time`),
+    on the ingestion log's next generation when the current one is due (`ingestion_log`)."""
+    generation = ingestion_log.rotate_if_due(cfg).generation
+    pipeline.use_generation(generation)
     writer = (
         source.read_readings_stream(spark, cfg)
         .writeStream.queryName(QUERY_NAME)
-        .option("checkpointLocation", cfg.readings_checkpoint)
+        .option("checkpointLocation", generation.path)
         .foreachBatch(pipeline.process_batch)
     )
     if trigger == "available-now":

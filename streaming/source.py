@@ -159,28 +159,6 @@ def normalise_path(path: str) -> str:
     return "file:/" + path[len("file:") :].lstrip("/") if path.startswith("file:") else path
 
 
-def batch_files(checkpoint: str, batch_id: int) -> list[str] | None:
-    """The files the file source logged for `batch_id`, or None where the log is
-    not on a local file system (the check is skipped there)."""
-    import json
-    from pathlib import Path
-
-    if "://" in checkpoint and not checkpoint.startswith("file:"):
-        return None
-    folder = Path(checkpoint.removeprefix("file:")) / "sources" / "0"
-    for name in (str(batch_id), f"{batch_id}.compact"):
-        entry = folder / name
-        if entry.is_file():
-            files = []
-            for line in entry.read_text().splitlines()[1:]:
-                if line.strip():
-                    item = json.loads(line)
-                    if int(item["batchId"]) == batch_id:
-                        files.append(str(item["path"]))
-            return files
-    return None
-
-
 def unread_reason(path: str) -> str:
     """Why a logged file produced no record: it is empty, or it vanished."""
     from pathlib import Path

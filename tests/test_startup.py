@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT, make_config
 from pyspark.sql import SparkSession
 
-from streaming import runner, session
+from streaming import ingestion_log, runner, session
 from streaming.batch import Pipeline
 from streaming.config import Config, load_config
 from streaming.generator import SampleSpec, write_sample
@@ -90,7 +90,7 @@ def test_a_database_without_a_table_fails_the_run_with_its_own_one_line_error(
     assert message == expected
     staging = Path(cfg.lake) / "staging" / "readings"
     assert not list(staging.glob("**/*.parquet")), "a batch wrote staging without dimensions"
-    assert not (Path(cfg.readings_checkpoint) / "commits" / "0").exists()
+    assert not (Path(ingestion_log.current(cfg.checkpoints).path) / "commits" / "0").exists()
 
 
 def _broken_db(tmp_path: Path) -> Path:
@@ -147,7 +147,7 @@ def test_a_stop_during_the_start_up_ends_the_run_before_the_first_batch_begins(
     assert stopped.batches == []
     staging = Path(cfg.lake) / "staging" / "readings"
     assert not list(staging.glob("**/*.parquet"))
-    assert not (Path(cfg.readings_checkpoint) / "commits" / "0").exists()
+    assert not (Path(ingestion_log.current(cfg.checkpoints).path) / "commits" / "0").exists()
 
     monkeypatch.setattr(Pipeline, "prepare", prepare)
     resumed = runner.run(cfg, spark=spark)  # the next run processes the files
@@ -174,7 +174,7 @@ def test_a_stop_during_a_batch_lets_it_finish_and_commit_before_the_query_stops(
 
     assert len(stopped.batches) == 1
     assert _all_staged(spark, cfg, summary)
-    assert (Path(cfg.readings_checkpoint) / "commits" / "0").is_file()
+    assert (Path(ingestion_log.current(cfg.checkpoints).path) / "commits" / "0").is_file()
 
     monkeypatch.setattr(Pipeline, "_process", process)
     again = dataclasses.replace(cfg, trigger="available-now")

@@ -1,0 +1,294 @@
+"""The readings query's checkpoint (the ingestion log) and its generations.
+
+Spark's file source keeps a log of every file it has ever read (the
+checkpoint's `sources/0`, compacted every 10 batches) and reads it back whole
+each time a query starts, about 0.1 s per 1,000 files on the development
+machine: a daily job on a folder that grows for a year would pay tens of
+seconds a run, and a watch-mode service pays it at every burst. Spark keeps no
+retention for that log, because the log is also what stops a file from being
+read twice.
+
+Where processed files leave the readings folder (`archive_dir`), a fresh
+checkpoint would read exactly the files not yet processed. So once the log
+holds `ingestion_log_max_files` files, a run starts the next generation: a new
+checkpoint folder beside the old one, `readings-from-batch-<N>`, whose Spark
+batch 0 is the lake's batch N (so `raw/readings.batch_id` keeps counting up and
+Delta's idempotent writes get a new `txnAppId`). Before that, the files of the
+last batch, which Spark archives only when the next batch begins, are moved to
+the archive as Spark moves them. Creating the new folder is the switch: a
+crash before it leaves the old generation in use, and the rotation is tried
+again at the next start.
+
+A rotation happens only between queries, under the checkpoint lock, when the
+old generation has no batch left to replay, and only where the checkpoints,
+the readings and the archive are on the local file system. Retired
+generations are kept (a few MB each); nothing reads them again.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from streaming.config import Config
+
+log = logging.getLogger(__name__)
+
+FIRST = "readings"  # the first generation's folder under `checkpoints`
+PREFIX = "readings-from-batch-"  # later generations: PREFIX + the lake batch id of their batch 0
+_LATER = re.compile(re.escape(PREFIX) + r"(\d+)")
+_LOG_FILE = re.compile(r"(\d+)(\.compact)?")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One checkpoint of the readings query: where it is, and the lake batch id of its batch 0."""
+
+    path: str
+    first_batch: int = 0
+
+    def lake_batch(self, spark_batch: int) -> int:
+        return self.first_batch + spark_batch
+
+
+@dataclass(frozen=True)
+class LoggedFile:
+    path: str  # as the source logged it: a URL-encoded URI (file:///a/b.json)
+    timestamp_ms: int
+    batch_id: int
+
+
+def _local(uri: str) -> str | None:
+    if uri.startswith("file:"):
+        from urllib.parse import unquote
+
+        return "/" + unquote(uri[len("file:") :]).lstrip("/")
+    if "://" in uri:
+        return None
+    return uri
+
+
+def local_folder(uri: str) -> Path | None:
+    """The local path of a path or `file:` URI, or None on any other file system."""
+    local = _local(uri)
+    return None if local is None else Path(local)
+
+
+def current(checkpoints: str) -> Generation:
+    """The generation in use: the later generation with the greatest first batch, else the first."""
+    base = checkpoints.rstrip("/")
+    folder = local_folder(base)
+    later: list[int] = []
+    if folder is not None and folder.is_dir():
+        later = [int(m.group(1)) for p in folder.iterdir() if (m := _LATER.fullmatch(p.name)) and p.is_dir()]
+    if not later:
+        return Generation(f"{base}/{FIRST}", 0)
+    first = max(later)
+    return Generation(f"{base}/{PREFIX}{first}", first)
+
+
+def _numbered(folder: Path) -> dict[int, Path]:
+    """Spark's metadata-log files (`0`, `1`, `9.compact`, ...) by batch id (no .crc, no .tmp)."""
+    if not folder.is_dir():
+        return {}
+    return {int(m.group(1)): p for p in folder.iterdir() if (m := _LOG_FILE.fullmatch(p.name))}
+
+
+def last_batch(folder: Path) -> int | None:
+    """The greatest batch id in an `offsets` or `commits` folder, or None when it is empty."""
+    ids = _numbered(folder)
+    return max(ids) if ids else None
+
+
+def _read_log_file(path: Path) -> list[LoggedFile]:
+    lines = path.read_text().splitlines()
+    if not lines or lines[0].strip() != "v1":
+        raise RuntimeError(f"{path}: not a file-source log of version v1 (first line {lines[:1]})")
+    entries = []
+    for line in lines[1:]:
+        if line.strip():
+            item = json.loads(line)
+            entries.append(LoggedFile(str(item["path"]), int(item["timestamp"]), int(item["batchId"])))
+    return entries
+
+
+def _log_files(checkpoint: Path) -> list[Path]:
+    """The source log's files Spark restores: the latest compaction and the batches after it."""
+    files = _numbered(checkpoint / "sources" / "0")
+    compacted = [b for b, p in files.items() if p.name.endswith(".compact")]
+    start = max(compacted) if compacted else 0
+    return [files[b] for b in sorted(files) if b >= start]
+
+
+def logged_files(checkpoint: Path) -> list[LoggedFile]:
+    """Every file the source log of `checkpoint` holds, as Spark restores it."""
+    return [entry for path in _log_files(checkpoint) for entry in _read_log_file(path)]
+
+
+def logged_count(checkpoint: Path) -> int:
+    """How many files the source log holds (its entries are one line each), without parsing it."""
+    return sum(
+        sum(1 for line in path.read_bytes().split(b"\n")[1:] if line.strip())
+        for path in _log_files(checkpoint)
+    )
+
+
+def batch_files(checkpoint: str, batch_id: int) -> list[str] | None:
+    """The files the file source logged for Spark's batch `batch_id`, or None where
+    the log is not on the local file system (the caller's check is skipped there)."""
+    folder = local_folder(checkpoint)
+    if folder is None:
+        return None
+    for name in (str(batch_id), f"{batch_id}.compact"):
+        entry = folder / "sources" / "0" / name
+        if entry.is_file():
+            return [f.path for f in _read_log_file(entry) if f.batch_id == batch_id]
+    return None
+
+
+def archive_path(archive_dir: Path, file: Path) -> Path:
+    """Where Spark's `cleanSource=archive` puts a file: the archive folder plus the file's absolute path."""
+    return archive_dir / str(file).lstrip("/")
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What `rotate_if_due` did: the generation to use, and (when it rotated) the counts."""
+
+    generation: Generation
+    rotated: bool = False
+    retired_files: int = 0
+    archived: int = 0  # files of the last batch moved to the archive
+    left: tuple[str, ...] = ()  # files left in the folder for the new generation to read
+
+
+def rotation_blocker(cfg: Config) -> str | None:
+    """Why this configuration never rotates, or None when it may."""
+    if cfg.ingestion_log_max_files <= 0:
+        return "ingestion_log_max_files is 0"
+    if not cfg.archive_dir:
+        return "processed files stay in the readings folder (archive_dir is not set)"
+    for name in ("checkpoints", "readings", "archive_dir"):
+        if local_folder(getattr(cfg, name)) is None:
+            return f"{name} is not on the local file system"
+    return None
+
+
+def rotate_if_due(cfg: Config) -> Rotation:
+    """Start the next generation when the current one's source log holds at least
+    `ingestion_log_max_files` files (see the module's docstring). Call only with
+    the checkpoint lock held and no query running on the checkpoint."""
+    generation = current(cfg.checkpoints)
+    if rotation_blocker(cfg) is not None:
+        return Rotation(generation)
+    checkpoint = local_folder(generation.path)
+    assert checkpoint is not None
+    started = time.monotonic()
+    offsets = last_batch(checkpoint / "offsets")
+    if offsets is None:
+        return Rotation(generation)  # nothing read yet
+    count = logged_count(checkpoint)
+    if count < cfg.ingestion_log_max_files:
+        return Rotation(generation)
+    committed = last_batch(checkpoint / "commits")
+    if committed != offsets:
+        log.info(
+            "ingestion log: %d files logged, but batch %d is to be replayed first; "
+            "the rotation waits for a later run",
+            count,
+            generation.lake_batch(offsets),
+        )
+        return Rotation(generation)
+    log.info(
+        "ingestion log: %d files logged (limit %d): archiving those still in the readings folder, "
+        "then starting a new generation",
+        count,
+        cfg.ingestion_log_max_files,
+    )
+    logged = logged_files(checkpoint)
+    archive_dir = local_folder(cfg.archive_dir)
+    assert archive_dir is not None
+    archived, left = _archive_logged(logged, archive_dir)
+    first = generation.lake_batch(offsets) + 1
+    root = local_folder(cfg.checkpoints)
+    assert root is not None
+    new = Generation(f"{cfg.checkpoints.rstrip('/')}/{PREFIX}{first}", first)
+    (root / f"{PREFIX}{first}").mkdir()  # the switch: from here on the new generation is in use
+    log.info(
+        "ingestion log: rotated after %d files (at least %d); %d file(s) of the last batch archived; "
+        "batches from %d are logged in %s (%.2f s)",
+        len(logged),
+        cfg.ingestion_log_max_files,
+        archived,
+        first,
+        new.path,
+        time.monotonic() - started,
+    )
+    return Rotation(new, True, len(logged), archived, tuple(left))
+
+
+def _archive_logged(logged: list[LoggedFile], archive_dir: Path) -> tuple[int, list[str]]:
+    """Move the logged files still in the readings folder to the archive, as Spark's
+    cleaner would when the next batch began. A present file that is not the logged
+    one (another modification time, or its archived copy is already there) is a
+    re-delivery under a read name, which the old log would have skipped for good:
+    it is left for the new generation to read, with a warning.
+
+    Each folder is listed once, and only the files in it are looked at (a
+    rotation after a 19,000-file batch moved them in about 0.5 s)."""
+    archived = 0
+    left: list[str] = []
+    by_folder: dict[str, list[tuple[str, LoggedFile]]] = {}
+    for entry in logged:
+        file = _local(entry.path)
+        assert file is not None
+        by_folder.setdefault(os.path.dirname(file), []).append((file, entry))
+    for folder, entries in by_folder.items():
+        try:
+            present = set(os.listdir(folder))
+        except FileNotFoundError:
+            continue
+        target_folder = os.path.join(str(archive_dir), folder.lstrip("/"))
+        made = os.path.isdir(target_folder)
+        in_archive = set(os.listdir(target_folder)) if made else set()
+        for file, entry in entries:
+            if os.path.basename(file) not in present:
+                continue  # archived already (by Spark's cleaner), or removed
+            try:
+                stat = os.stat(file)
+            except FileNotFoundError:
+                continue  # Spark's cleaner moved it since the listing
+            target = os.path.join(target_folder, os.path.basename(file))
+            if stat.st_mtime_ns // 1_000_000 != entry.timestamp_ms or os.path.basename(file) in in_archive:
+                left.append(file)
+                continue
+            if not made:
+                os.makedirs(target_folder, exist_ok=True)
+                made = True
+            try:
+                os.rename(file, target)
+            except FileNotFoundError:
+                if not os.path.lexists(target):
+                    raise
+                continue  # Spark's cleaner moved it in the meantime
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.move(file, target)  # the archive is on another disk: copy, then delete
+            archived += 1
+    if left:
+        log.warning(
+            "ingestion log rotation: %d file(s) in the readings folder carry the name of a file read "
+            "before but are not that file (re-delivered under the same name); the new generation reads "
+            "them as new deliveries: %s",
+            len(left),
+            ", ".join(left[:5]) + (" ..." if len(left) > 5 else ""),
+        )
+    return archived, left

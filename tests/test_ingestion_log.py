@@ -1,0 +1,228 @@
+"""The ingestion log's generations: a new checkpoint once the file source's log is
+long and processed files leave the readings folder (`streaming.ingestion_log`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import make_config, read_tables
+from pyspark.sql import SparkSession
+from reference import (
+    TABLE_KEYS,
+    assert_tables_match,
+    expected_staging,
+    expected_tables,
+    load_deliveries,
+    reconciliation_errors,
+)
+
+from streaming import ingestion_log, runner
+from streaming.config import ConfigError
+from streaming.generator import SampleSpec, write_delivery, write_sample
+from streaming.ingestion_log import PREFIX, Generation
+
+SPEC = SampleSpec(meterpoints=4, days=2, seed=11)
+
+
+def write_log(checkpoint: Path, name: str, entries: list[tuple[str, int, int]]) -> None:
+    """A file-source log file as Spark writes it (`v1`, then one JSON entry a line)."""
+    folder = checkpoint / "sources" / "0"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["v1", *(json.dumps({"path": p, "timestamp": t, "batchId": b}) for p, t, b in entries)]
+    (folder / name).write_text("\n".join(lines))
+    (folder / f".{name}.crc").write_bytes(b"crc")  # Spark's checksum files are not log files
+
+
+def mark(checkpoint: Path, folder: str, batch: int) -> None:
+    (checkpoint / folder).mkdir(parents=True, exist_ok=True)
+    (checkpoint / folder / str(batch)).write_text("v1\n{}")
+
+
+def delivered(folder: Path, name: str, mtime_ms: int) -> tuple[Path, str]:
+    """A file in `folder` with the given modification time, and its URI as the source logs it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text('{"columns": [], "data": []}')
+    os.utime(path, ns=(mtime_ms * 1_000_000, mtime_ms * 1_000_000))
+    return path, "file://" + str(path).replace(" ", "%20")
+
+
+def test_the_latest_generation_is_in_use(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    assert ingestion_log.current(str(checkpoints)) == Generation(f"{checkpoints}/readings", 0)
+    (checkpoints / "readings").mkdir(parents=True)
+    (checkpoints / f"{PREFIX}7").mkdir()
+    (checkpoints / f"{PREFIX}12").mkdir()
+    (checkpoints / f"{PREFIX}99").write_text("a file, not a generation")
+    (checkpoints / f"{PREFIX}x").mkdir()
+    assert ingestion_log.current(str(checkpoints)) == Generation(f"{checkpoints}/{PREFIX}12", 12)
+    assert Generation("x", 12).lake_batch(3) == 15
+    # checkpoints on object storage: the first generation, never listed
+    assert ingestion_log.current("s3a://bucket/checkpoints/") == Generation(
+        "s3a://bucket/checkpoints/readings", 0
+    )
+
+
+def test_the_log_is_read_as_spark_restores_it(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "readings"
+    write_log(checkpoint, "8", [("file:///r/h.json", 8, 8)])  # compacted into 9 already
+    write_log(checkpoint, "9.compact", [("file:///r/a.json", 1, 0), ("file:///r/h.json", 8, 8)])
+    write_log(checkpoint, "10", [("file:///r/b%20c.json", 10, 10)])
+    write_log(checkpoint, "11", [])
+    logged = ingestion_log.logged_files(checkpoint)
+    assert [(f.path, f.timestamp_ms, f.batch_id) for f in logged] == [
+        ("file:///r/a.json", 1, 0),
+        ("file:///r/h.json", 8, 8),
+        ("file:///r/b%20c.json", 10, 10),
+    ]
+    assert ingestion_log.batch_files(str(checkpoint), 10) == ["file:///r/b%20c.json"]
+    assert ingestion_log.batch_files(str(checkpoint), 9) == []  # a compaction: batch 9 read nothing
+    assert ingestion_log.batch_files(str(checkpoint), 12) is None
+    assert ingestion_log.batch_files("s3a://b/readings", 10) is None
+    assert ingestion_log.local_folder("file:///r/b%20c.json") == Path("/r/b c.json")
+    (checkpoint / "sources" / "0" / "12").write_text("v2\n{}")
+    with pytest.raises(RuntimeError, match="version v1"):
+        ingestion_log.logged_files(checkpoint)
+
+
+def test_rotation_only_when_due_and_possible(tmp_path: Path) -> None:
+    readings = tmp_path / "readings"
+    _, uri = delivered(readings, "a.json", 1_000)
+    cfg = make_config(
+        tmp_path, readings=readings, archive_dir=str(tmp_path / "archive"), ingestion_log_max_files=2
+    )
+    first = tmp_path / "checkpoints" / "readings"
+    assert not ingestion_log.rotate_if_due(cfg).rotated  # nothing read yet
+    write_log(first, "0", [(uri, 1_000, 0)])
+    mark(first, "offsets", 0)
+    mark(first, "commits", 0)
+    assert not ingestion_log.rotate_if_due(cfg).rotated  # 1 file logged, 2 needed
+    write_log(first, "1", [("file:///elsewhere/b.json", 2_000, 1)])
+    mark(first, "offsets", 1)
+    # batch 1 was planned but never committed: Spark replays it first
+    assert ingestion_log.rotate_if_due(cfg) == ingestion_log.Rotation(Generation(str(first), 0))
+    mark(first, "commits", 1)
+    # due, but not where processed files stay in the folder, or the log is remote, or rotation is off
+    for change in ({"archive_dir": ""}, {"ingestion_log_max_files": 0}):
+        off = replace(cfg, **change)
+        assert ingestion_log.rotation_blocker(off) is not None
+        assert not ingestion_log.rotate_if_due(off).rotated
+    remote = replace(cfg, archive_dir="s3a://b/archive")
+    assert ingestion_log.rotation_blocker(remote) == "archive_dir is not on the local file system"
+    assert (readings / "a.json").exists() and not (tmp_path / f"checkpoints/{PREFIX}2").exists()
+    with pytest.raises(ConfigError, match="ingestion_log_max_files"):
+        make_config(tmp_path, readings=readings, ingestion_log_max_files=-1)
+
+    done = ingestion_log.rotate_if_due(cfg)
+    assert done.rotated and done.retired_files == 2 and done.archived == 1
+    assert done.generation == Generation(f"{tmp_path}/checkpoints/{PREFIX}2", 2)
+    assert (tmp_path / "checkpoints" / f"{PREFIX}2").is_dir()
+    assert ingestion_log.current(cfg.checkpoints) == done.generation
+    # the new generation has read nothing: the next start does not rotate again
+    assert ingestion_log.rotate_if_due(cfg) == ingestion_log.Rotation(done.generation)
+
+
+def test_rotation_archives_the_last_batch_as_spark_does_and_leaves_redeliveries(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    readings = tmp_path / "read ings"
+    archive = tmp_path / "archive"
+    cfg = make_config(tmp_path, readings=readings, archive_dir=str(archive), ingestion_log_max_files=1)
+    logged_file, logged_uri = delivered(readings, "last batch.json", 5_000)
+    _, redelivered_uri = delivered(readings, "redelivered.json", 9_000)  # logged at 4_000: another file
+    archived_before = ingestion_log.archive_path(archive, readings / "archived.json")
+    archived_before.parent.mkdir(parents=True)
+    archived_before.write_text("{}")
+    _, again_uri = delivered(readings, "archived.json", 3_000)  # its logged copy is archived already
+    new_file, _ = delivered(readings, "new.json", 6_000)  # not logged: the next batch's
+    first = tmp_path / "checkpoints" / "readings"
+    write_log(
+        first,
+        "0",
+        [
+            (logged_uri, 5_000, 0),
+            (redelivered_uri, 4_000, 0),
+            (again_uri, 3_000, 0),
+            ("file://" + str(readings / "gone.json").replace(" ", "%20"), 1_000, 0),
+        ],
+    )
+    mark(first, "offsets", 0)
+    mark(first, "commits", 0)
+    with caplog.at_level(logging.INFO, logger="streaming.ingestion_log"):
+        done = ingestion_log.rotate_if_due(cfg)
+    assert done.rotated and done.archived == 1 and done.retired_files == 4
+    # Spark's cleanSource layout: the archive folder plus the file's absolute path
+    moved = archive / str(logged_file).lstrip("/")
+    assert moved.is_file() and moved.stat().st_mtime_ns == 5_000 * 1_000_000
+    assert not logged_file.exists()
+    assert sorted(p.name for p in readings.iterdir()) == ["archived.json", "new.json", "redelivered.json"]
+    assert sorted(Path(p).name for p in done.left) == ["archived.json", "redelivered.json"]
+    assert new_file.exists()
+    assert "re-delivered under the same name" in caplog.text
+    assert "rotated after 4 files" in caplog.text
+
+
+@pytest.mark.e2e
+def test_a_rotated_log_reads_only_new_files_and_keeps_counting_batches(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Three runs on a warm session with the log limit at the first run's file count:
+    the second run starts the next generation, which reads the new files and
+    nothing of the first run again; the third starts none."""
+    write_sample(tmp_path / "data", SPEC)
+    readings = tmp_path / "data" / "readings"
+    db = tmp_path / "data" / "case_study.db"
+    archive = tmp_path / "archive"
+    first = load_deliveries([readings])
+    cfg = make_config(
+        tmp_path, readings=readings, db=db, archive_dir=str(archive), ingestion_log_max_files=len(first)
+    )
+    assert runner.run(cfg, spark=spark).batches
+    gen0 = ingestion_log.current(cfg.checkpoints)
+    assert gen0.first_batch == 0
+    # Spark archives a batch's files only when the next batch begins
+    assert sorted(p.name for p in readings.iterdir()) == sorted(d.name for d in first)
+
+    new_files = write_delivery(readings, None, SPEC, day_index=SPEC.days, tag="d2")
+    second = load_deliveries(new_files)
+    pipeline = runner.run(cfg, spark=spark)
+    gen1 = ingestion_log.current(cfg.checkpoints)
+    assert gen1 == Generation(f"{cfg.checkpoints}/{PREFIX}1", 1)
+    assert pipeline.generation == gen1
+    assert [b["batch_id"] for b in pipeline.batches] == [1]
+    assert pipeline.batches[0]["files"] == len(second)
+    # the first run's files are in the archive, as Spark's cleaner lays them out
+    for d in first:
+        assert ingestion_log.archive_path(archive, d.path).is_file(), d.name
+    assert sorted(p.name for p in readings.iterdir()) == sorted(d.name for d in second)
+
+    archived_first = load_deliveries([ingestion_log.archive_path(archive, d.path) for d in first])
+    actual = read_tables(spark, cfg.lake, list(TABLE_KEYS))
+    expected = expected_tables(expected_staging([archived_first, second], "Europe/London"), db)
+    assert_tables_match(actual, expected, TABLE_KEYS)
+    assert reconciliation_errors(actual) == []
+    # raw: every file's lines once, under the batch that read it (no file read again)
+    raw = spark.read.format("delta").load(f"{cfg.lake}/raw/readings")
+    batches_of = {
+        Path(ingestion_log.local_folder(r.source_file) or "").name: sorted(r.batches)
+        for r in raw.groupBy("source_file")
+        .agg({"batch_id": "collect_set"})
+        .toDF("source_file", "batches")
+        .collect()
+    }
+    assert batches_of, "raw/readings is empty"
+    assert {name: b for name, b in batches_of.items() if b != [0]} == {
+        d.name: [1]
+        for d in second
+        if d.name in batches_of  # a file without rows has no raw line
+    }
+    assert set(batches_of) <= {d.name for d in first + second}
+
+    # nothing new: no batch, no rotation (the new generation holds fewer files than the limit)
+    again = runner.run(cfg, spark=spark)
+    assert again.batches == [] and ingestion_log.current(cfg.checkpoints) == gen1
