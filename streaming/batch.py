@@ -317,10 +317,16 @@ class Pipeline:
         """
         if self.app_id is None:
             checkpoint = self.generation.path
-            meta = self.spark.read.text(f"{checkpoint}/metadata").first()
-            if meta is None:
+            local = ingestion_log.local_folder(checkpoint)
+            if local is not None:  # no Spark job for one line of a local file
+                lines = (local / "metadata").read_text().splitlines()
+                first = lines[0] if lines else None
+            else:
+                row = self.spark.read.text(f"{checkpoint}/metadata").first()
+                first = row[0] if row is not None else None
+            if not first:
                 raise RuntimeError(f"checkpoint {checkpoint} has no metadata")
-            self.app_id = "smart-meter-" + str(json.loads(meta[0])["id"])
+            self.app_id = "smart-meter-" + str(json.loads(first)["id"])
         return self.app_id
 
     def process_batch(self, batch_df: DataFrame, spark_batch_id: int) -> None:

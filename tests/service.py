@@ -115,26 +115,27 @@ def place_file(source: Path, folder: Path, name: str | None = None) -> Path:
 
 
 def batches_from_checkpoint(checkpoint: Path) -> list[list[Path]]:
-    """The files of each micro-batch, in order, from the file source's log.
+    """The files of each committed micro-batch, in order, from the file source's log
+    (every generation of it, `streaming.ingestion_log`).
 
     The log is what the pipeline processed, so the reference can replay the
     exact batch composition (it decides which delivery wins a conflict).
     """
-    import json
-    from urllib.parse import unquote, urlparse
+    from streaming import ingestion_log
 
-    log_dir = checkpoint / "readings" / "sources" / "0"
-    by_batch: dict[int, set[str]] = {}
-    for entry in sorted(log_dir.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        for line in entry.read_text().splitlines()[1:]:
-            if line.strip():
-                item = json.loads(line)
-                by_batch.setdefault(int(item["batchId"]), set()).add(item["path"])
-    committed = {int(p.name) for p in (checkpoint / "readings" / "commits").iterdir() if p.name.isdigit()}
-    return [
-        sorted(Path(unquote(urlparse(p).path)) for p in by_batch[b])
-        for b in sorted(by_batch)
-        if b in committed
-    ]
+    later = sorted(
+        checkpoint.glob(ingestion_log.PREFIX + "*"),
+        key=lambda p: int(p.name.removeprefix(ingestion_log.PREFIX)),
+    )
+    generations = [checkpoint / ingestion_log.FIRST, *later]
+    batches: list[list[Path]] = []
+    for generation in generations:
+        commits = generation / "commits"
+        committed = (
+            sorted(int(p.name) for p in commits.iterdir() if p.name.isdigit()) if commits.is_dir() else []
+        )
+        for spark_batch in committed:
+            files = ingestion_log.batch_files(str(generation), spark_batch)
+            assert files is not None, f"{generation}: batch {spark_batch} has no log entry"
+            batches.append(sorted(p for f in files if (p := ingestion_log.local_folder(f)) is not None))
+    return batches

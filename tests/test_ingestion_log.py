@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from conftest import make_config, read_tables
@@ -38,9 +40,18 @@ def write_log(checkpoint: Path, name: str, entries: list[tuple[str, int, int]]) 
     (folder / f".{name}.crc").write_bytes(b"crc")  # Spark's checksum files are not log files
 
 
-def mark(checkpoint: Path, folder: str, batch: int) -> None:
+def mark(checkpoint: Path, folder: str, batch: int, log_offset: int | None = None) -> None:
+    """An `offsets` file as Spark writes it (the source's log offset on its third
+    line, the batch id unless given), or a `commits` file."""
     (checkpoint / folder).mkdir(parents=True, exist_ok=True)
-    (checkpoint / folder / str(batch)).write_text("v1\n{}")
+    if folder == "offsets":
+        offset = batch if log_offset is None else log_offset
+        text = 'v1\n{"batchWatermarkMs":0,"batchTimestampMs":0,"conf":{}}\n' + json.dumps(
+            {"logOffset": offset}
+        )
+    else:
+        text = 'v1\n{"nextBatchWatermarkMs":0}'
+    (checkpoint / folder / str(batch)).write_text(text)
 
 
 def delivered(folder: Path, name: str, mtime_ms: int) -> tuple[Path, str]:
@@ -80,14 +91,36 @@ def test_the_log_is_read_as_spark_restores_it(tmp_path: Path) -> None:
         ("file:///r/h.json", 8, 8),
         ("file:///r/b%20c.json", 10, 10),
     ]
+    for batch in (8, 9, 10, 11):
+        mark(checkpoint, "offsets", batch)
     assert ingestion_log.batch_files(str(checkpoint), 10) == ["file:///r/b%20c.json"]
-    assert ingestion_log.batch_files(str(checkpoint), 9) == []  # a compaction: batch 9 read nothing
-    assert ingestion_log.batch_files(str(checkpoint), 12) is None
+    assert ingestion_log.batch_files(str(checkpoint), 9) == []  # the compaction holds no entry of batch 9
+    assert ingestion_log.batch_files(str(checkpoint), 12) is None  # no offsets: not planned
     assert ingestion_log.batch_files("s3a://b/readings", 10) is None
     assert ingestion_log.local_folder("file:///r/b%20c.json") == Path("/r/b c.json")
     (checkpoint / "sources" / "0" / "12").write_text("v2\n{}")
     with pytest.raises(RuntimeError, match="version v1"):
         ingestion_log.logged_files(checkpoint)
+
+
+def test_batch_files_follow_the_offsets_when_a_run_died_between_the_two_logs(tmp_path: Path) -> None:
+    """The source logged log id 1 and the run died before `offsets/1`: the next
+    batch, Spark's 1, reads log ids 1 and 2, and every later batch is one id ahead."""
+    checkpoint = tmp_path / "readings"
+    write_log(checkpoint, "0", [("file:///r/a.json", 1, 0)])
+    write_log(checkpoint, "1", [("file:///r/orphan.json", 2, 1)])
+    write_log(checkpoint, "2", [("file:///r/b.json", 3, 2)])
+    write_log(checkpoint, "3", [("file:///r/c.json", 4, 3)])
+    mark(checkpoint, "offsets", 0)
+    mark(checkpoint, "offsets", 1, log_offset=2)
+    mark(checkpoint, "offsets", 2, log_offset=3)
+    assert ingestion_log.source_offset(checkpoint, 1) == 2
+    assert ingestion_log.batch_files(str(checkpoint), 0) == ["file:///r/a.json"]
+    assert ingestion_log.batch_files(str(checkpoint), 1) == ["file:///r/orphan.json", "file:///r/b.json"]
+    assert ingestion_log.batch_files(str(checkpoint), 2) == ["file:///r/c.json"]
+    (checkpoint / "offsets" / "3").write_text("v1\n")
+    with pytest.raises(RuntimeError, match="not an offsets file"):
+        ingestion_log.source_offset(checkpoint, 3)
 
 
 def test_rotation_only_when_due_and_possible(tmp_path: Path) -> None:
@@ -107,6 +140,14 @@ def test_rotation_only_when_due_and_possible(tmp_path: Path) -> None:
     # batch 1 was planned but never committed: Spark replays it first
     assert ingestion_log.rotate_if_due(cfg) == ingestion_log.Rotation(Generation(str(first), 0))
     mark(first, "commits", 1)
+    # the source logged batch 2's files, then the run died before offsets/2: Spark
+    # reads them in this generation's next batch, so they must not be archived
+    _, planned_uri = delivered(readings, "planned.json", 3_000)
+    write_log(first, "2", [(planned_uri, 3_000, 2)])
+    assert ingestion_log.rotate_if_due(cfg) == ingestion_log.Rotation(Generation(str(first), 0))
+    assert (readings / "planned.json").exists()
+    (first / "sources" / "0" / "2").unlink()
+    (readings / "planned.json").unlink()
     # due, but not where processed files stay in the folder, or the log is remote, or rotation is off
     for change in ({"archive_dir": ""}, {"ingestion_log_max_files": 0}):
         off = replace(cfg, **change)
@@ -226,3 +267,39 @@ def test_a_rotated_log_reads_only_new_files_and_keeps_counting_batches(
     # nothing new: no batch, no rotation (the new generation holds fewer files than the limit)
     again = runner.run(cfg, spark=spark)
     assert again.batches == [] and ingestion_log.current(cfg.checkpoints) == gen1
+
+
+def test_a_cut_short_move_is_finished_and_a_failed_move_keeps_the_generation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    readings = tmp_path / "readings"
+    archive = tmp_path / "archive"
+    cfg = make_config(tmp_path, readings=readings, archive_dir=str(archive), ingestion_log_max_files=1)
+    # names as Spark's log writes them: URL-encoded (`%` as %25, non-ASCII as UTF-8 bytes)
+    copied, _ = delivered(readings, "50% ü.json", 7_000)
+    copied_uri = "file://" + quote(str(copied))
+    assert ingestion_log.local_folder(copied_uri) == copied
+    # a copy to another disk that died before deleting the original: same size and time
+    target = ingestion_log.archive_path(archive, copied)
+    target.parent.mkdir(parents=True)
+    shutil.copy2(copied, target)
+    blocked, blocked_uri = delivered(tmp_path / "other", "b.json", 8_000)
+    first = tmp_path / "checkpoints" / "readings"
+    write_log(first, "0", [(copied_uri, 7_000, 0), (blocked_uri, 8_000, 0)])
+    mark(first, "offsets", 0)
+    mark(first, "commits", 0)
+    # a file where the archive needs a folder: moving `blocked` fails
+    (archive / str(blocked.parent).lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (archive / str(blocked.parent).lstrip("/")).write_text("in the way")
+    with caplog.at_level(logging.WARNING, logger="streaming.ingestion_log"):
+        kept = ingestion_log.rotate_if_due(cfg)
+    assert kept == ingestion_log.Rotation(Generation(str(first), 0))
+    assert "not rotated, a processed file could not be archived" in caplog.text
+    assert not (tmp_path / "checkpoints" / f"{PREFIX}1").exists()
+    assert not copied.exists() and target.is_file()  # the cut-short move was finished first
+    assert blocked.exists()
+
+    (archive / str(blocked.parent).lstrip("/")).unlink()
+    done = ingestion_log.rotate_if_due(cfg)
+    assert done.rotated and done.archived == 1 and done.left == ()
+    assert ingestion_log.archive_path(archive, blocked).is_file() and not blocked.exists()
