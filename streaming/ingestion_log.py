@@ -10,7 +10,8 @@ read twice.
 
 Where processed files leave the readings folder (`archive_dir`), a fresh
 checkpoint would read exactly the files not yet processed. So once the log
-holds `ingestion_log_max_files` files, a run starts the next generation: a new
+holds `ingestion_log_max_files` files, the pipeline starts the next generation
+(when an available-now run's query has ended, or before a query starts): a new
 checkpoint folder beside the old one, `readings-from-batch-<N>`, whose Spark
 batch 0 is the lake's batch N (so `raw/readings.batch_id` keeps counting up and
 Delta's idempotent writes get a new `txnAppId`). Before that, the files of the

@@ -223,9 +223,17 @@ def _first_line(error: BaseException) -> str:
 
 
 def run_available_now(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop: StopSignal) -> None:
-    """Process every file not yet processed, then return."""
+    """Process every file not yet processed, then return.
+
+    A due rotation of the ingestion log is done once the query has ended, so in
+    watch mode it is off the path from a file's arrival to its rows (the next
+    start then restores an empty log); `start_query` checks again for a run that
+    ended early (a crash, a stop) and for the processing-time service.
+    """
     query = start_query(spark, cfg, pipeline, "available-now")
     await_query(query, stop)
+    if not stop.stopping:
+        pipeline.use_generation(ingestion_log.rotate_if_due(cfg).generation)
 
 
 def run_processing_time(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop: StopSignal) -> None:

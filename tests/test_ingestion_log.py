@@ -24,7 +24,7 @@ from reference import (
 )
 
 from streaming import ingestion_log, runner
-from streaming.config import ConfigError
+from streaming.config import Config, ConfigError
 from streaming.generator import SampleSpec, write_delivery, write_sample
 from streaming.ingestion_log import PREFIX, Generation
 
@@ -209,64 +209,83 @@ def test_rotation_archives_the_last_batch_as_spark_does_and_leaves_redeliveries(
 
 
 @pytest.mark.e2e
-def test_a_rotated_log_reads_only_new_files_and_keeps_counting_batches(
+def test_rotated_logs_read_only_new_files_and_keep_counting_batches(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    """Three runs on a warm session with the log limit at the first run's file count:
-    the second run starts the next generation, which reads the new files and
-    nothing of the first run again; the third starts none."""
+    """Five available-now runs on a warm session, each after a new delivery: a
+    rotation at the end of a run that reached the limit, none while rotation is
+    off, one at the start of a run whose log reached the limit before it (rotation
+    turned on again); every file is read once, under the lake batch that read it."""
     write_sample(tmp_path / "data", SPEC)
     readings = tmp_path / "data" / "readings"
     db = tmp_path / "data" / "case_study.db"
     archive = tmp_path / "archive"
-    first = load_deliveries([readings])
+    checkpoints = tmp_path / "checkpoints"
+    deliveries = [load_deliveries([readings])]
     cfg = make_config(
-        tmp_path, readings=readings, db=db, archive_dir=str(archive), ingestion_log_max_files=len(first)
+        tmp_path,
+        readings=readings,
+        db=db,
+        archive_dir=str(archive),
+        ingestion_log_max_files=len(deliveries[0]) + 1,
     )
-    assert runner.run(cfg, spark=spark).batches
-    gen0 = ingestion_log.current(cfg.checkpoints)
-    assert gen0.first_batch == 0
-    # Spark archives a batch's files only when the next batch begins
-    assert sorted(p.name for p in readings.iterdir()) == sorted(d.name for d in first)
 
-    new_files = write_delivery(readings, None, SPEC, day_index=SPEC.days, tag="d2")
-    second = load_deliveries(new_files)
-    pipeline = runner.run(cfg, spark=spark)
-    gen1 = ingestion_log.current(cfg.checkpoints)
-    assert gen1 == Generation(f"{cfg.checkpoints}/{PREFIX}1", 1)
-    assert pipeline.generation == gen1
-    assert [b["batch_id"] for b in pipeline.batches] == [1]
-    assert pipeline.batches[0]["files"] == len(second)
-    # the first run's files are in the archive, as Spark's cleaner lays them out
-    for d in first:
-        assert ingestion_log.archive_path(archive, d.path).is_file(), d.name
-    assert sorted(p.name for p in readings.iterdir()) == sorted(d.name for d in second)
+    def deliver(n: int) -> None:
+        deliveries.append(
+            load_deliveries(write_delivery(readings, None, SPEC, day_index=SPEC.days + n, tag=f"d{n}"))
+        )
 
-    archived_first = load_deliveries([ingestion_log.archive_path(archive, d.path) for d in first])
+    def run(config: Config) -> list[int]:
+        return [b["batch_id"] for b in runner.run(config, spark=spark).batches]
+
+    # 1: below the limit, no rotation; Spark archives a batch's files only when the next batch begins
+    assert run(cfg) == [0]
+    assert ingestion_log.current(cfg.checkpoints) == Generation(f"{checkpoints}/readings", 0)
+    assert sorted(p.name for p in readings.iterdir()) == sorted(d.name for d in deliveries[0])
+    # 2: the log reaches the limit: rotated at the end of the run, the folder emptied into the archive
+    deliver(1)
+    assert run(cfg) == [1]
+    assert ingestion_log.current(cfg.checkpoints) == Generation(f"{checkpoints}/{PREFIX}2", 2)
+    assert list(readings.iterdir()) == []
+    # 3: rotation off: the new generation reads the next delivery as lake batch 2
+    deliver(2)
+    assert run(replace(cfg, ingestion_log_max_files=0)) == [2]
+    assert ingestion_log.current(cfg.checkpoints).first_batch == 2
+    # 4: on again with a lower limit: rotated at the start (the files of run 3 are
+    # archived first, so the new generation reads only delivery 3), and at the end
+    deliver(3)
+    assert run(replace(cfg, ingestion_log_max_files=1)) == [3]
+    assert ingestion_log.current(cfg.checkpoints) == Generation(f"{checkpoints}/{PREFIX}4", 4)
+    assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == [
+        "readings",
+        f"{PREFIX}2",
+        f"{PREFIX}3",
+        f"{PREFIX}4",
+    ]
+    # 5: nothing new: no batch, no rotation
+    assert run(cfg) == []
+    assert ingestion_log.current(cfg.checkpoints).first_batch == 4
+
+    # every file is in the archive, as Spark's cleaner lays them out
+    assert list(readings.iterdir()) == []
+    archived = [
+        load_deliveries([ingestion_log.archive_path(archive, d.path) for d in delivery])
+        for delivery in deliveries
+    ]
     actual = read_tables(spark, cfg.lake, list(TABLE_KEYS))
-    expected = expected_tables(expected_staging([archived_first, second], "Europe/London"), db)
+    expected = expected_tables(expected_staging(archived, "Europe/London"), db)
     assert_tables_match(actual, expected, TABLE_KEYS)
     assert reconciliation_errors(actual) == []
-    # raw: every file's lines once, under the batch that read it (no file read again)
+    # raw: every file's lines once, under the lake batch that read it
     raw = spark.read.format("delta").load(f"{cfg.lake}/raw/readings")
+    per_file = raw.groupBy("source_file").agg({"batch_id": "collect_set"}).toDF("source_file", "batches")
     batches_of = {
         Path(ingestion_log.local_folder(r.source_file) or "").name: sorted(r.batches)
-        for r in raw.groupBy("source_file")
-        .agg({"batch_id": "collect_set"})
-        .toDF("source_file", "batches")
-        .collect()
+        for r in per_file.collect()
     }
-    assert batches_of, "raw/readings is empty"
-    assert {name: b for name, b in batches_of.items() if b != [0]} == {
-        d.name: [1]
-        for d in second
-        if d.name in batches_of  # a file without rows has no raw line
-    }
-    assert set(batches_of) <= {d.name for d in first + second}
-
-    # nothing new: no batch, no rotation (the new generation holds fewer files than the limit)
-    again = runner.run(cfg, spark=spark)
-    assert again.batches == [] and ingestion_log.current(cfg.checkpoints) == gen1
+    assert len(batches_of) > len(deliveries[0]), "raw/readings lacks files"
+    expected_batches = {d.name: [n] for n, delivery in enumerate(deliveries) for d in delivery}
+    assert {name: expected_batches.get(name) for name in batches_of} == batches_of
 
 
 def test_a_cut_short_move_is_finished_and_a_failed_move_keeps_the_generation(
