@@ -1247,7 +1247,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.legend(loc="upper left")
         files = "archived" if inc.get("archive_dir") else "kept"
         ax.set_title(
-            f"incremental day, {inc['meterpoints']:,} meterpoints, files {files} "
+            f"incremental day, {inc['meterpoints']:,} meterpoints, files {files}\n"
             "(target ratio <= 1.3 at 30 d)"
         )
     else:

@@ -305,7 +305,7 @@ def _archive_logged(logged: list[LoggedFile], archive_dir: Path) -> tuple[int, l
     is removed. An error moving a file (permissions, a full disk) is raised.
 
     Each folder is listed once, and only the files in it are looked at (a
-    rotation after a 19,000-file batch moved them in about 0.5 s)."""
+    rotation after a 19,000-file batch moved them in 0.6-0.8 s)."""
     archived = 0
     left: list[str] = []
     by_folder: dict[str, list[tuple[str, LoggedFile]]] = {}
