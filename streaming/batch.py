@@ -83,6 +83,8 @@ class Pipeline:
         self.phases: dict[str, float] = {}  # seconds per phase of the batch (or start-up) in hand
         self._prepared: Future[None] | None = None  # `preparing()`: the start-up running beside the query
         self.stop_event: threading.Event | None = None  # set when the service is asked to stop
+        # set while the runner stops the query to start it again (a new ingestion-log generation)
+        self.pause_event = threading.Event()
         self.small_writes = sinks.small_writes_setting(spark, cfg.small_writes)
         # Who creates the tables, lands the dimensions and reads their stamps:
         # delta-rs for a local lake under "auto" (a few ms each, where a cold JVM's
@@ -340,6 +342,9 @@ class Pipeline:
         if self.stop_event is not None and self.stop_event.is_set():
             # asked to stop while the start-up ran: do not begin a (perhaps long) batch
             raise StopRequested(f"batch {batch_id} not begun: a stop was requested")
+        if self.pause_event.is_set():
+            # the query is being stopped to start again: the next query runs this batch
+            raise StopRequested(f"batch {batch_id} not begun: the query is restarting")
         with self.lock:
             self._process(batch_df, batch_id, spark_batch_id)
 

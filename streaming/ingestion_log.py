@@ -11,7 +11,8 @@ read twice.
 Where processed files leave the readings folder (`archive_dir`), a fresh
 checkpoint would read exactly the files not yet processed. So once the log
 holds `ingestion_log_max_files` files, the pipeline starts the next generation
-(when an available-now run's query has ended, or before a query starts): a new
+(when an available-now run's query has ended, before a query starts, and in
+the processing-time service by restarting its query between triggers): a new
 checkpoint folder beside the old one, `readings-from-batch-<N>`, whose Spark
 batch 0 is the lake's batch N (so `raw/readings.batch_id` keeps counting up and
 Delta's idempotent writes get a new `txnAppId`). Before that, the files of the
@@ -209,6 +210,42 @@ def rotation_blocker(cfg: Config) -> str | None:
     return None
 
 
+def _due(checkpoint: Path, limit: int) -> tuple[int, list[LoggedFile]] | str | None:
+    """Whether the generation at `checkpoint` is due: None when its log holds fewer
+    than `limit` files; why it must wait (a text) when a batch is left to replay or
+    files are logged for a batch that has not run; else its last batch and its
+    logged files."""
+    offsets = last_batch(checkpoint / "offsets")
+    if offsets is None:
+        return None  # nothing read yet
+    count = logged_count(checkpoint)
+    if count < limit:
+        return None
+    if last_batch(checkpoint / "commits") != offsets:
+        return f"{count} files logged, but the last batch is to be replayed first"
+    logged = logged_files(checkpoint)
+    read_to = source_offset(checkpoint, offsets)
+    planned = sum(1 for entry in logged if read_to is None or entry.batch_id > read_to)
+    if planned:
+        # the source logged files for a batch, then the run died before Spark wrote
+        # that batch's offsets: Spark reads them in this generation's next batch
+        return f"{planned} of {count} logged files are planned for a batch that has not run yet"
+    return offsets, logged
+
+
+def rotation_due(cfg: Config) -> bool:
+    """A running service's check: the current generation can be retired now
+    (`rotate_if_due` does it once the query has stopped)."""
+    if rotation_blocker(cfg) is not None:
+        return False
+    checkpoint = local_folder(current(cfg.checkpoints).path)
+    assert checkpoint is not None
+    try:
+        return isinstance(_due(checkpoint, cfg.ingestion_log_max_files), tuple)
+    except FileNotFoundError:
+        return False  # Spark removed a log file it had compacted, between the listing and the read
+
+
 def rotate_if_due(cfg: Config) -> Rotation:
     """Start the next generation when the current one's source log holds at least
     `ingestion_log_max_files` files (see the module's docstring). Call only with
@@ -219,38 +256,17 @@ def rotate_if_due(cfg: Config) -> Rotation:
     checkpoint = local_folder(generation.path)
     assert checkpoint is not None
     started = time.monotonic()
-    offsets = last_batch(checkpoint / "offsets")
-    if offsets is None:
-        return Rotation(generation)  # nothing read yet
-    count = logged_count(checkpoint)
-    if count < cfg.ingestion_log_max_files:
+    due = _due(checkpoint, cfg.ingestion_log_max_files)
+    if due is None:
         return Rotation(generation)
-    committed = last_batch(checkpoint / "commits")
-    if committed != offsets:
-        log.info(
-            "ingestion log: %d files logged, but batch %d is to be replayed first; "
-            "the rotation waits for a later run",
-            count,
-            generation.lake_batch(offsets),
-        )
+    if isinstance(due, str):
+        log.info("ingestion log: %s; the rotation waits for a later run", due)
         return Rotation(generation)
-    logged = logged_files(checkpoint)
-    read_to = source_offset(checkpoint, offsets)
-    planned = sum(1 for entry in logged if read_to is None or entry.batch_id > read_to)
-    if planned:
-        # the source logged files for a batch, then the run died before Spark wrote
-        # that batch's offsets: Spark reads them in this generation's next batch
-        log.info(
-            "ingestion log: %d of %d logged files are planned for a batch that has not run yet; "
-            "the rotation waits for a later run",
-            planned,
-            count,
-        )
-        return Rotation(generation)
+    offsets, logged = due
     log.info(
         "ingestion log: %d files logged (limit %d): archiving those still in the readings folder, "
         "then starting a new generation",
-        count,
+        len(logged),
         cfg.ingestion_log_max_files,
     )
     archive_dir = local_folder(cfg.archive_dir)

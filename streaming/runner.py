@@ -10,9 +10,10 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -161,25 +162,44 @@ def start_query(spark: SparkSession, cfg: Config, pipeline: Pipeline, trigger: s
     return writer.start()
 
 
-def await_query(query: StreamingQuery, stop: StopSignal, poll_seconds: float = 0.5) -> None:
-    """Wait for the query to end, or stop it on a signal; raise if it failed."""
+def await_query(
+    query: StreamingQuery,
+    stop: StopSignal,
+    poll_seconds: float = 0.5,
+    restart: tuple[Callable[[], bool], float, threading.Event] | None = None,
+) -> bool:
+    """Wait for the query to end, or stop it on a signal; raise if it failed.
+
+    `restart` = (check, every_seconds, pause_event): `check()` is asked every
+    `every_seconds`; when it says so, the query is stopped between triggers as
+    on a signal (`pause_event` makes a batch that would begin refuse to) and
+    True is returned, for the caller to start it again.
+    """
+    restarting = False
+    next_check = time.monotonic() + (restart[1] if restart else 0.0)
     try:
         while query.isActive:
-            if stop.stopping:
+            if stop.stopping or restarting:
                 _finish_trigger_in_flight(query, poll_seconds)
                 query.stop()
                 break
             # pyspark takes seconds and converts with int(timeout * 1000)
             query.awaitTermination(poll_seconds)  # type: ignore[arg-type]
+            if restart is not None and time.monotonic() >= next_check:
+                restarting = restart[0]()
+                if restarting:
+                    restart[2].set()
+                next_check = time.monotonic() + restart[1]
     except StreamingQueryException as exc:
-        if _stopped_before_a_batch(exc, stop):
-            return
+        if _stopped_before_a_batch(exc, stop, restarting):
+            return restarting and not stop.stopping
         raise PipelineError(f"streaming query failed: {_first_line(exc)}") from exc
     error = query.exception()
     if error is not None:
-        if _stopped_before_a_batch(error, stop):
-            return
+        if _stopped_before_a_batch(error, stop, restarting):
+            return restarting and not stop.stopping
         raise PipelineError(f"streaming query failed: {_first_line(error)}")
+    return restarting and not stop.stopping
 
 
 def _finish_trigger_in_flight(query: StreamingQuery, poll_seconds: float) -> None:
@@ -204,10 +224,11 @@ def _error_text(error: BaseException) -> str:
     return getattr(error, "desc", None) or str(error)
 
 
-def _stopped_before_a_batch(error: BaseException, stop: StopSignal) -> bool:
-    """The query ended because a batch refused to begin after a stop request (a clean stop)."""
-    if stop.stopping and "StopRequested: " in _error_text(error):
-        log.info("stopped before the next batch began (it is replayed on the next run)")
+def _stopped_before_a_batch(error: BaseException, stop: StopSignal, restarting: bool = False) -> bool:
+    """The query ended because a batch refused to begin after a stop request, or
+    while it was being restarted (a clean stop)."""
+    if (stop.stopping or restarting) and "StopRequested: " in _error_text(error):
+        log.info("stopped before the next batch began (the next query runs it)")
         return True
     return False
 
@@ -237,10 +258,22 @@ def run_available_now(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop
 
 
 def run_processing_time(spark: SparkSession, cfg: Config, pipeline: Pipeline, stop: StopSignal) -> None:
-    """A long-running stream; a timer also picks up dimension changes between batches."""
-    query = start_query(spark, cfg, pipeline, "processing-time")
+    """A long-running stream; a timer also picks up dimension changes between batches.
+
+    The ingestion log is checked as often as the database: once it is due for a
+    new generation, the query is stopped between triggers and started again,
+    which rotates it (`start_query`). Spark's file source would otherwise compact
+    a log of every file the service ever read, every 10 batches, for as long as
+    it runs.
+    """
+    restart = (partial(ingestion_log.rotation_due, cfg), cfg.dims_check_seconds, pipeline.pause_event)
     with _dimension_watch(pipeline, stop):
-        await_query(query, stop)
+        while True:
+            pipeline.pause_event.clear()  # the query before has stopped
+            query = start_query(spark, cfg, pipeline, "processing-time")
+            if not await_query(query, stop, restart=restart):
+                return
+            log.info("ingestion log: due for a new generation; restarting the query")
 
 
 @contextmanager

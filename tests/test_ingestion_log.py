@@ -138,12 +138,14 @@ def test_rotation_only_when_due_and_possible(tmp_path: Path) -> None:
     write_log(first, "1", [("file:///elsewhere/b.json", 2_000, 1)])
     mark(first, "offsets", 1)
     # batch 1 was planned but never committed: Spark replays it first
+    assert not ingestion_log.rotation_due(cfg)
     assert ingestion_log.rotate_if_due(cfg) == ingestion_log.Rotation(Generation(str(first), 0))
     mark(first, "commits", 1)
     # the source logged batch 2's files, then the run died before offsets/2: Spark
     # reads them in this generation's next batch, so they must not be archived
     _, planned_uri = delivered(readings, "planned.json", 3_000)
     write_log(first, "2", [(planned_uri, 3_000, 2)])
+    assert not ingestion_log.rotation_due(cfg)
     assert ingestion_log.rotate_if_due(cfg) == ingestion_log.Rotation(Generation(str(first), 0))
     assert (readings / "planned.json").exists()
     (first / "sources" / "0" / "2").unlink()
@@ -152,15 +154,17 @@ def test_rotation_only_when_due_and_possible(tmp_path: Path) -> None:
     for change in ({"archive_dir": ""}, {"ingestion_log_max_files": 0}):
         off = replace(cfg, **change)
         assert ingestion_log.rotation_blocker(off) is not None
-        assert not ingestion_log.rotate_if_due(off).rotated
+        assert not ingestion_log.rotate_if_due(off).rotated and not ingestion_log.rotation_due(off)
     remote = replace(cfg, archive_dir="s3a://b/archive")
     assert ingestion_log.rotation_blocker(remote) == "archive_dir is not on the local file system"
     assert (readings / "a.json").exists() and not (tmp_path / f"checkpoints/{PREFIX}2").exists()
     with pytest.raises(ConfigError, match="ingestion_log_max_files"):
         make_config(tmp_path, readings=readings, ingestion_log_max_files=-1)
 
+    assert ingestion_log.rotation_due(cfg)
     done = ingestion_log.rotate_if_due(cfg)
     assert done.rotated and done.retired_files == 2 and done.archived == 1
+    assert not ingestion_log.rotation_due(cfg)
     assert done.generation == Generation(f"{tmp_path}/checkpoints/{PREFIX}2", 2)
     assert (tmp_path / "checkpoints" / f"{PREFIX}2").is_dir()
     assert ingestion_log.current(cfg.checkpoints) == done.generation

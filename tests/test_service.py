@@ -22,7 +22,7 @@ from reference import (
 )
 from service import ROOT, Service, batches_from_checkpoint, place_file, write_config
 
-from streaming import runner
+from streaming import ingestion_log, runner
 from streaming.batch import CRASH_ENV, CRASH_POINTS
 from streaming.config import Config
 from streaming.generator import SampleSpec, meterpoint_ids, write_delivery, write_dimensions, write_sample
@@ -30,9 +30,14 @@ from streaming.generator import SampleSpec, meterpoint_ids, write_delivery, writ
 SPEC = SampleSpec(meterpoints=8, days=2, seed=11)
 
 
-def assert_matches_reference(spark: SparkSession, tmp: Path) -> None:
-    """Every table equals the reference replaying the batches the checkpoint recorded."""
-    batches = [load_deliveries(files) for files in batches_from_checkpoint(tmp / "checkpoints")]
+def assert_matches_reference(spark: SparkSession, tmp: Path, archive: Path | None = None) -> None:
+    """Every table equals the reference replaying the batches the checkpoint recorded
+    (a file moved to `archive` is read there)."""
+
+    def where(path: Path) -> Path:
+        return path if path.exists() or archive is None else ingestion_log.archive_path(archive, path)
+
+    batches = [load_deliveries(map(where, files)) for files in batches_from_checkpoint(tmp / "checkpoints")]
     actual = read_tables(spark, str(tmp / "lake"), list(TABLE_KEYS))
     expected = expected_tables(expected_staging(batches, "Europe/London"), tmp / "data" / "case_study.db")
     assert_tables_match(actual, expected, TABLE_KEYS)
@@ -123,6 +128,46 @@ def test_processing_time_service_reattributes_readings_after_a_dimension_refresh
 
 
 @pytest.mark.service
+def test_processing_time_service_restarts_its_query_on_a_new_ingestion_log_generation(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """With processed files archived and the log limit reached by the first batch, the
+    service stops its query between triggers, rotates the log and goes on: the next
+    delivery is read once, as lake batch 1 of the new generation."""
+    summary = write_sample(tmp_path / "data", SPEC)
+    archive = tmp_path / "archive"
+    config = write_config(
+        tmp_path,
+        {
+            "processing_interval": "1 second",
+            "dims_check_seconds": 1,
+            "archive_dir": str(archive),
+            "ingestion_log_max_files": summary["files"],
+        },
+    )
+    service = Service(config, "--trigger", "processing-time")
+    try:
+        service.wait_for(r"streaming.batch: batch \{")
+        restarted = service.wait_for(r"due for a new generation; restarting the query")
+        service.wait_for(r"ingestion log: rotated after", after=restarted)
+        write_delivery(tmp_path / "data" / "readings", None, SPEC, day_index=SPEC.days, tag="d2")
+        line = service.lines[service.wait_for(r"streaming.batch: batch \{", after=restarted)]
+        assert json.loads(line.split("batch ", 1)[1])["batch_id"] == 1, service.tail()
+        assert service.terminate(timeout=120) == 0, service.tail()
+    finally:
+        service.kill_tree()
+    assert service.count(r"streaming.batch: batch \{") == 2
+    # one restart, once batch 0 had committed: no batch was refused on the way
+    assert service.count(r"restarting the query") == 1
+    assert service.count(r"not begun") == 0
+    assert ingestion_log.current(str(tmp_path / "checkpoints")) == ingestion_log.Generation(
+        f"{tmp_path}/checkpoints/{ingestion_log.PREFIX}1", 1
+    )
+    assert_matches_reference(spark, tmp_path, archive)
+    assert raw_rows(spark, tmp_path) == delivered_rows(tmp_path, archive)
+
+
+@pytest.mark.service
 def test_kill_9_of_the_process_tree_mid_presentation_then_restart_gives_the_uninterrupted_result(
     spark: SparkSession, tmp_path: Path
 ) -> None:
@@ -174,5 +219,7 @@ def raw_rows(spark: SparkSession, tmp: Path) -> int:
     return spark.read.format("delta").load(str(tmp / "lake" / "raw" / "readings")).count()
 
 
-def delivered_rows(tmp: Path) -> int:
-    return sum(len(json.loads(p.read_text())["data"]) for p in (tmp / "data" / "readings").glob("*.json"))
+def delivered_rows(tmp: Path, archive: Path | None = None) -> int:
+    """Rows of every delivered file, in the readings folder (and moved to `archive`)."""
+    files = [*(tmp / "data" / "readings").glob("*.json"), *(archive.rglob("*.json") if archive else [])]
+    return sum(len(json.loads(p.read_text())["data"]) for p in files)
