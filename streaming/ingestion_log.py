@@ -30,6 +30,7 @@ generations are kept (a few MB each); nothing reads them again.
 from __future__ import annotations
 
 import errno
+import filecmp
 import json
 import logging
 import os
@@ -301,14 +302,15 @@ def rotate_if_due(cfg: Config) -> Rotation:
     return Rotation(new, True, len(logged), archived, tuple(left))
 
 
-def _same_file(stat: os.stat_result, target: str) -> bool:
-    """The archived copy has the size and modification time (ms) of the file."""
+def _same_file(file: str, stat: os.stat_result, target: str) -> bool:
+    """The archived copy is the file: the same modification time (ms), size and bytes
+    (a re-delivery copied with its times kept may match the first two)."""
     try:
         archived = os.stat(target)
     except FileNotFoundError:
         return False
     same_ms = archived.st_mtime_ns // 1_000_000 == stat.st_mtime_ns // 1_000_000
-    return archived.st_size == stat.st_size and same_ms
+    return same_ms and archived.st_size == stat.st_size and filecmp.cmp(file, target, shallow=False)
 
 
 def _archive_logged(logged: list[LoggedFile], archive_dir: Path) -> tuple[int, list[str]]:
@@ -349,9 +351,9 @@ def _archive_logged(logged: list[LoggedFile], archive_dir: Path) -> tuple[int, l
                 left.append(file)
                 continue
             if os.path.basename(file) in in_archive:
-                if _same_file(stat, target):
+                if _same_file(file, stat, target):
                     # a copy to another disk cut short before the original was
-                    # deleted (ours or Spark's): finish the move
+                    # deleted: finish the move
                     os.unlink(file)
                     archived += 1
                 else:

@@ -185,7 +185,9 @@ def await_query(
                 break
             # pyspark takes seconds and converts with int(timeout * 1000)
             query.awaitTermination(poll_seconds)  # type: ignore[arg-type]
-            if restart is not None and time.monotonic() >= next_check:
+            # checked between triggers only: a trigger lists the folder and logs
+            # files for its batch before that batch's offsets exist
+            if restart is not None and time.monotonic() >= next_check and not query.status["isTriggerActive"]:
                 restarting = restart[0]()
                 if restarting:
                     restart[2].set()
@@ -194,6 +196,11 @@ def await_query(
         if _stopped_before_a_batch(exc, stop, restarting):
             return restarting and not stop.stopping
         raise PipelineError(f"streaming query failed: {_first_line(exc)}") from exc
+    except BaseException:
+        # anything else (the restart check failing, an interrupt): stop the query, then raise
+        if query.isActive:
+            query.stop()
+        raise
     error = query.exception()
     if error is not None:
         if _stopped_before_a_batch(error, stop, restarting):
@@ -266,13 +273,27 @@ def run_processing_time(spark: SparkSession, cfg: Config, pipeline: Pipeline, st
     a log of every file the service ever read, every 10 batches, for as long as
     it runs.
     """
-    restart = (partial(ingestion_log.rotation_due, cfg), cfg.dims_check_seconds, pipeline.pause_event)
+    restart: tuple[Callable[[], bool], float, threading.Event] | None = (
+        partial(ingestion_log.rotation_due, cfg),
+        cfg.dims_check_seconds,
+        pipeline.pause_event,
+    )
+    restarted_from: ingestion_log.Generation | None = None
     with _dimension_watch(pipeline, stop):
-        while True:
+        while not stop.stopping:
             pipeline.pause_event.clear()  # the query before has stopped
             query = start_query(spark, cfg, pipeline, "processing-time")
+            if restarted_from is not None and pipeline.generation == restarted_from:
+                # not rotated (a file could not be archived, or a batch was refused
+                # on the way and is replayed first): no restart loop over it
+                log.warning(
+                    "ingestion log: the restart did not start a new generation (see above); "
+                    "this service does not try again until it is restarted"
+                )
+                restart = None
             if not await_query(query, stop, restart=restart):
                 return
+            restarted_from = pipeline.generation
             log.info("ingestion log: due for a new generation; restarting the query")
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
@@ -61,6 +62,14 @@ def delivered(folder: Path, name: str, mtime_ms: int) -> tuple[Path, str]:
     path.write_text('{"columns": [], "data": []}')
     os.utime(path, ns=(mtime_ms * 1_000_000, mtime_ms * 1_000_000))
     return path, "file://" + str(path).replace(" ", "%20")
+
+
+def archiving_config(tmp_path: Path, readings: Path) -> tuple[Config, Path]:
+    """A config archiving processed files to `tmp_path/archive`, rotating after every file."""
+    archive = tmp_path / "archive"
+    return make_config(
+        tmp_path, readings=readings, archive_dir=str(archive), ingestion_log_max_files=1
+    ), archive
 
 
 def test_the_latest_generation_is_in_use(tmp_path: Path) -> None:
@@ -176,8 +185,7 @@ def test_rotation_archives_the_last_batch_as_spark_does_and_leaves_redeliveries(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     readings = tmp_path / "read ings"
-    archive = tmp_path / "archive"
-    cfg = make_config(tmp_path, readings=readings, archive_dir=str(archive), ingestion_log_max_files=1)
+    cfg, archive = archiving_config(tmp_path, readings)
     logged_file, logged_uri = delivered(readings, "last batch.json", 5_000)
     _, redelivered_uri = delivered(readings, "redelivered.json", 9_000)  # logged at 4_000: another file
     archived_before = ingestion_log.archive_path(archive, readings / "archived.json")
@@ -296,8 +304,7 @@ def test_a_cut_short_move_is_finished_and_a_failed_move_keeps_the_generation(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     readings = tmp_path / "readings"
-    archive = tmp_path / "archive"
-    cfg = make_config(tmp_path, readings=readings, archive_dir=str(archive), ingestion_log_max_files=1)
+    cfg, archive = archiving_config(tmp_path, readings)
     # names as Spark's log writes them: URL-encoded (`%` as %25, non-ASCII as UTF-8 bytes)
     copied, _ = delivered(readings, "50% ü.json", 7_000)
     copied_uri = "file://" + quote(str(copied))
@@ -306,9 +313,17 @@ def test_a_cut_short_move_is_finished_and_a_failed_move_keeps_the_generation(
     target = ingestion_log.archive_path(archive, copied)
     target.parent.mkdir(parents=True)
     shutil.copy2(copied, target)
+    # a re-delivery copied with its times kept, of the same size as the archived first
+    # delivery but other bytes: not a cut-short move, it is left to be read
+    twin, twin_uri = delivered(readings, "twin.json", 6_000)
+    twin.write_text('{"v": 2.0}')
+    os.utime(twin, ns=(6_000_000_000, 6_000_000_000))
+    archived_twin = ingestion_log.archive_path(archive, twin)
+    archived_twin.write_text('{"v": 1.0}')
+    os.utime(archived_twin, ns=(6_000_000_000, 6_000_000_000))
     blocked, blocked_uri = delivered(tmp_path / "other", "b.json", 8_000)
     first = tmp_path / "checkpoints" / "readings"
-    write_log(first, "0", [(copied_uri, 7_000, 0), (blocked_uri, 8_000, 0)])
+    write_log(first, "0", [(copied_uri, 7_000, 0), (twin_uri, 6_000, 0), (blocked_uri, 8_000, 0)])
     mark(first, "offsets", 0)
     mark(first, "commits", 0)
     # a file where the archive needs a folder: moving `blocked` fails
@@ -324,5 +339,78 @@ def test_a_cut_short_move_is_finished_and_a_failed_move_keeps_the_generation(
 
     (archive / str(blocked.parent).lstrip("/")).unlink()
     done = ingestion_log.rotate_if_due(cfg)
-    assert done.rotated and done.archived == 1 and done.left == ()
+    assert done.rotated and done.archived == 1 and done.left == (str(twin),)
+    assert twin.read_text() == '{"v": 2.0}' and archived_twin.read_text() == '{"v": 1.0}'
     assert ingestion_log.archive_path(archive, blocked).is_file() and not blocked.exists()
+
+
+class FakeQuery:
+    """What `runner.await_query` asks of a StreamingQuery: each poll
+    (`awaitTermination`) moves to the next trigger state of `triggers`."""
+
+    def __init__(self, triggers: list[bool]) -> None:
+        self.active = True
+        self.triggers = iter(triggers)
+        self.trigger_active = False
+        self.stopped = False
+
+    @property
+    def isActive(self) -> bool:  # pyspark's names
+        return self.active
+
+    @property
+    def status(self) -> dict[str, bool]:
+        return {"isTriggerActive": self.trigger_active}
+
+    def awaitTermination(self, timeout: float) -> bool:
+        self.trigger_active = next(self.triggers, False)
+        return not self.active
+
+    def stop(self) -> None:
+        self.active = False
+        self.stopped = True
+
+    def exception(self) -> None:
+        return None
+
+
+def test_the_service_restart_is_decided_between_triggers_and_stops_the_query() -> None:
+    query = FakeQuery([True, True, False, True, False])
+    seen: list[bool] = []  # the trigger state at each check
+
+    def due() -> bool:
+        seen.append(query.trigger_active)
+        return len(seen) == 2
+
+    pause = threading.Event()
+    restarted = runner.await_query(
+        query,  # type: ignore[arg-type]
+        runner.StopSignal(),
+        poll_seconds=0.01,
+        restart=(due, 0.0, pause),
+    )
+    assert restarted and query.stopped and pause.is_set()
+    assert seen == [False, False]  # never while a trigger lists files and plans its batch
+
+
+def test_a_failing_restart_check_stops_the_query_and_raises() -> None:
+    query = FakeQuery([False])
+
+    def broken() -> bool:
+        raise RuntimeError("unreadable log")
+
+    with pytest.raises(RuntimeError, match="unreadable log"):
+        runner.await_query(query, runner.StopSignal(), 0.01, (broken, 0.0, threading.Event()))  # type: ignore[arg-type]
+    assert query.stopped
+
+
+def test_a_stop_during_the_restart_wins() -> None:
+    query = FakeQuery([False])
+    stop = runner.StopSignal()
+
+    def due_and_stopped() -> bool:
+        stop.event.set()  # SIGTERM arrives as the restart is decided
+        return True
+
+    assert not runner.await_query(query, stop, 0.01, (due_and_stopped, 0.0, threading.Event()))  # type: ignore[arg-type]
+    assert query.stopped
