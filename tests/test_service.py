@@ -57,14 +57,19 @@ def batch_files_seen(service: Service) -> int:
 
 
 @pytest.mark.service
+@pytest.mark.parametrize("archived", [False, True], ids=["files-kept", "files-archived"])
 def test_watch_mode_picks_up_placed_files_refuses_a_second_writer_and_stops_on_sigterm(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, tmp_path: Path, archived: bool
 ) -> None:
+    """`archived`: processed files are moved out (archive_dir) and the ingestion log
+    rotates after every 5 files, so runs start on new generations as files arrive."""
     write_sample(tmp_path / "src", SPEC)
     readings = tmp_path / "data" / "readings"
     readings.mkdir(parents=True)
     shutil.copy2(tmp_path / "src" / "case_study.db", tmp_path / "data" / "case_study.db")
-    config = write_config(tmp_path, {"watch_debounce_seconds": 0.3, "dims_check_seconds": 2})
+    archive = tmp_path / "archive" if archived else None
+    rotation = {"archive_dir": str(archive), "ingestion_log_max_files": 5} if archive else {}
+    config = write_config(tmp_path, {"watch_debounce_seconds": 0.3, "dims_check_seconds": 2, **rotation})
     service = Service(config, "--trigger", "watch")
     try:
         service.wait_for(r"watching .* for new files")
@@ -92,7 +97,9 @@ def test_watch_mode_picks_up_placed_files_refuses_a_second_writer_and_stops_on_s
     finally:
         service.kill_tree()
     assert batch_files_seen(service) == len(sources)
-    assert_matches_reference(spark, tmp_path)
+    if archived:
+        assert service.count(r"ingestion log: rotated after") >= 1, service.tail()
+    assert_matches_reference(spark, tmp_path, archive)
 
 
 @pytest.mark.service
