@@ -247,6 +247,24 @@ def rotation_due(cfg: Config) -> bool:
         return False  # Spark removed a log file it had compacted, between the listing and the read
 
 
+def status_line(cfg: Config) -> str:
+    """One line for `--report`: the generation in use, what its log holds, and
+    when (or why never) the next one starts."""
+    generation = current(cfg.checkpoints)
+    checkpoint = local_folder(generation.path)
+    where = f"ingestion log: {generation.path} (lake batches from {generation.first_batch})"
+    if checkpoint is None:
+        return f"{where}; not on the local file system, not counted"
+    logged = logged_count(checkpoint) if checkpoint.is_dir() else 0
+    blocker = rotation_blocker(cfg)
+    then = (
+        f"never rotated: {blocker}"
+        if blocker
+        else f"a new generation once {cfg.ingestion_log_max_files:,} are logged"
+    )
+    return f"{where}: {logged:,} files logged; {then}"
+
+
 def rotate_if_due(cfg: Config) -> Rotation:
     """Start the next generation when the current one's source log holds at least
     `ingestion_log_max_files` files (see the module's docstring). Call only with

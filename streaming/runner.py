@@ -415,5 +415,5 @@ def _run_locked(
             raise PipelineError(str(exc)) from exc
         log.info("done: %d batch(es) in %.1f s", len(pipeline.batches), time.monotonic() - started)
         if report:
-            print("\n".join(summary_lines(spark, pipeline.lake)))
+            print("\n".join([*summary_lines(spark, pipeline.lake), ingestion_log.status_line(cfg)]))
         return pipeline

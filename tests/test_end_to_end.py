@@ -87,6 +87,9 @@ def test_run_stream_first_run_second_delivery_and_idempotent_rerun(
     for name in TABLES:
         assert sorted(map(repr, before[name])) == sorted(map(repr, after[name])), name
     assert "staging/readings" in done.stdout
+    # the ingestion log: one generation, every file of both deliveries logged
+    log_line = f"ingestion log: {tmp_path / 'checkpoints' / 'readings'} (lake batches from 0): "
+    assert f"{log_line}{len(first) + len(second):,} files logged; " in done.stdout
     # both writers committed to the tables the batches write
     for name in ("raw/readings", "staging/readings", "presentation/total_consumption_half_hour"):
         engines = {engine for _, engine in commits(spark, f"{cfg.lake}/{name}")}

@@ -150,6 +150,9 @@ def test_rotation_only_when_due_and_possible(tmp_path: Path) -> None:
     assert not ingestion_log.rotation_due(cfg)
     assert ingestion_log.rotate_if_due(cfg) == ingestion_log.Rotation(Generation(str(first), 0))
     mark(first, "commits", 1)
+    assert ingestion_log.status_line(cfg) == (
+        f"ingestion log: {first} (lake batches from 0): 2 files logged; a new generation once 2 are logged"
+    )
     # the source logged batch 2's files, then the run died before offsets/2: Spark
     # reads them in this generation's next batch, so they must not be archived
     _, planned_uri = delivered(readings, "planned.json", 3_000)
@@ -179,6 +182,14 @@ def test_rotation_only_when_due_and_possible(tmp_path: Path) -> None:
     assert ingestion_log.current(cfg.checkpoints) == done.generation
     # the new generation has read nothing: the next start does not rotate again
     assert ingestion_log.rotate_if_due(cfg) == ingestion_log.Rotation(done.generation)
+    assert ingestion_log.status_line(cfg) == (
+        f"ingestion log: {done.generation.path} (lake batches from 2): 0 files logged; "
+        "a new generation once 2 are logged"
+    )
+    assert ingestion_log.status_line(replace(cfg, archive_dir="")) == (
+        f"ingestion log: {done.generation.path} (lake batches from 2): 0 files logged; "
+        "never rotated: processed files stay in the readings folder (archive_dir is not set)"
+    )
 
 
 def test_rotation_archives_the_last_batch_as_spark_does_and_leaves_redeliveries(
