@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from streaming import small_writes
 from streaming.config import Config
 
 log = logging.getLogger(__name__)
@@ -68,33 +69,30 @@ class LoggedFile:
     batch_id: int
 
 
-def _local(uri: str) -> str | None:
-    if uri.startswith("file:"):
-        from urllib.parse import unquote
-
-        return "/" + unquote(uri[len("file:") :]).lstrip("/")
-    if "://" in uri:
-        return None
-    return uri
-
-
 def local_folder(uri: str) -> Path | None:
-    """The local path of a path or `file:` URI, or None on any other file system."""
-    local = _local(uri)
+    """The local path of a path or `file:` URI (as `small_writes.local_path` reads
+    it: URL-decoded, a `file:` URI naming another host is not local), or None on
+    any other file system."""
+    local = small_writes.local_path(uri)
     return None if local is None else Path(local)
 
 
-def current(checkpoints: str) -> Generation:
-    """The generation in use: the later generation with the greatest first batch, else the first."""
+def generations(checkpoints: str) -> list[Generation]:
+    """Every generation, oldest first: the first, then the later ones by their first
+    batch (only the first where the checkpoints are not on the local file system)."""
     base = checkpoints.rstrip("/")
     folder = local_folder(base)
     later: list[int] = []
     if folder is not None and folder.is_dir():
-        later = [int(m.group(1)) for p in folder.iterdir() if (m := _LATER.fullmatch(p.name)) and p.is_dir()]
-    if not later:
-        return Generation(f"{base}/{FIRST}", 0)
-    first = max(later)
-    return Generation(f"{base}/{PREFIX}{first}", first)
+        later = sorted(
+            int(m.group(1)) for p in folder.iterdir() if (m := _LATER.fullmatch(p.name)) and p.is_dir()
+        )
+    return [Generation(f"{base}/{FIRST}", 0), *(Generation(f"{base}/{PREFIX}{n}", n) for n in later)]
+
+
+def current(checkpoints: str) -> Generation:
+    """The generation in use: the later generation with the greatest first batch, else the first."""
+    return generations(checkpoints)[-1]
 
 
 def _numbered(folder: Path) -> dict[int, Path]:
@@ -346,7 +344,7 @@ def _archive_logged(logged: list[LoggedFile], archive_dir: Path) -> tuple[int, l
     left: list[str] = []
     by_folder: dict[str, list[tuple[str, LoggedFile]]] = {}
     for entry in logged:
-        file = _local(entry.path)
+        file = small_writes.local_path(entry.path)
         assert file is not None
         by_folder.setdefault(os.path.dirname(file), []).append((file, entry))
     for folder, entries in by_folder.items():

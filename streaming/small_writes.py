@@ -216,7 +216,11 @@ def row_count(path: str) -> int | None:
     files = pa.table(_open(path).get_add_actions(flatten=True))
     if files.num_rows == 0:
         return 0
-    counts = files["num_records"]
+    return _logged_rows(files["num_records"])
+
+
+def _logged_rows(counts: pa.ChunkedArray) -> int | None:
+    """The sum of the log's row counts of some files; None when one has none."""
     return None if counts.null_count else int(pc.sum(counts).as_py() or 0)
 
 
@@ -247,7 +251,8 @@ def read_partitions(
         return arrow_schema(schema).empty_table(), 0
     in_dates = pc.is_in(files[f"partition.{column}"].cast(pa.string()), value_set=pa.array(wanted))
     counts = files.filter(in_dates)["num_records"]
-    if counts.null_count or (pc.sum(counts).as_py() or 0) > MAX_READ_ROWS:
+    rows_logged = _logged_rows(counts)
+    if rows_logged is None or rows_logged > MAX_READ_ROWS:
         return None
     rows = table.to_pyarrow_table(filters=[(column, "in", wanted)])
     return _in_schema(rows, schema), len(counts)

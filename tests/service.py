@@ -123,13 +123,8 @@ def batches_from_checkpoint(checkpoint: Path) -> list[list[Path]]:
     """
     from streaming import ingestion_log
 
-    later = sorted(
-        checkpoint.glob(ingestion_log.PREFIX + "*"),
-        key=lambda p: int(p.name.removeprefix(ingestion_log.PREFIX)),
-    )
-    generations = [checkpoint / ingestion_log.FIRST, *later]
     batches: list[list[Path]] = []
-    for generation in generations:
+    for generation in (Path(g.path) for g in ingestion_log.generations(str(checkpoint))):
         commits = generation / "commits"
         committed = (
             sorted(int(p.name) for p in commits.iterdir() if p.name.isdigit()) if commits.is_dir() else []
