@@ -1,15 +1,18 @@
-"""The benchmark's own measuring: what it reads from /proc (no timings asserted)."""
+"""The benchmark's own measuring (what it reads from /proc) and its warm scenario; no timings asserted."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from pyspark.sql import SparkSession
 
 from streaming import bench
+from streaming.generator import SampleSpec, write_sample
 
 
 def test_jvm_thread_cpu_splits_the_jvms_cpu_by_thread_role(spark: SparkSession) -> None:
@@ -65,3 +68,41 @@ def test_tree_memory_reads_pss_every_nth_sample_and_estimates_it_between(
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_warm_scenario_reads_the_backfills_files_again_into_new_lakes(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Two runs on the given session, each into a lake of its own that is removed after
+    it; every row of the files is read each time, and a run that reads another number
+    of rows than the cold run is an error, not a figure."""
+    summary = write_sample(
+        tmp_path / "backfill" / "data", SampleSpec(meterpoints=3, days=1, start=bench.START, seed=bench.SEED)
+    )
+    readings = Path(summary["readings_dir"])
+    files_before = sorted(p.name for p in readings.iterdir())
+    rows = sum(len(json.loads(p.read_text())["data"]) for p in readings.glob("*.json"))
+    cold = {"readings_dir": str(readings), "readings": summary["readings"], "rows_processed": rows}
+    work = tmp_path / "work"
+    work.mkdir()
+
+    warm = bench.bench_warm_backfill(work, spark, cold, work / "warm.log")
+
+    assert len(warm["runs"]) == bench.WARM_RUNS == 2
+    assert [r["rows"] for r in warm["runs"]] == [rows, rows]
+    assert all(r["batches"] >= 1 and r["readings_per_s"] > 0 for r in warm["runs"])
+    assert warm["run_s"] == warm["runs"][-1]["run_s"]
+    assert set(warm["phases_s"]) >= {"parse", "raw", "staging", "presentation"}
+    assert sorted(p.name for p in work.iterdir()) == ["warm.log"]  # the lakes are gone
+    assert sorted(p.name for p in readings.iterdir()) == files_before  # the files are kept
+    row = [r for r in bench.figures({"warm": warm}) if r[0].startswith("backfill on a warm session")]
+    assert row and f"{warm['readings_per_s']:,} readings/s" in row[0][1]
+
+    with pytest.raises(RuntimeError, match="warm run 1 read"):
+        bench.bench_warm_backfill(work, spark, {**cold, "rows_processed": rows + 1}, work / "warm.log")
+
+
+def test_the_warm_scenario_needs_the_backfills_files() -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--only", "warm"])
+    assert bench.parse_args(["--only", "backfill,warm"]).only == ["backfill", "warm"]
