@@ -22,7 +22,7 @@ from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
-from streaming import ingestion_log, source
+from streaming import ingestion_log, small_writes, source
 from streaming.batch import Pipeline
 from streaming.config import Config
 
@@ -48,15 +48,20 @@ def check_inputs(cfg: Config) -> None:
 
 
 def _lock_path(checkpoints: str) -> Path:
-    if "://" in checkpoints and not checkpoints.startswith("file:"):
-        # remote checkpoints: the lock guards this host only
+    """`.lock` in a local checkpoint folder (`/a`, `file:/a`, `file:///a`,
+    `file://localhost/a`, or a relative path); for any other location a file under
+    ~/.cache named by its URI, which guards this host only."""
+    local = small_writes.local_path(checkpoints)
+    if local is None and ":" not in checkpoints:
+        local = checkpoints  # a relative path, as Spark resolves it here
+    if local is None:
         digest = hashlib.sha256(checkpoints.encode()).hexdigest()[:16]
         folder = Path.home() / ".cache" / "smart-meter" / "locks"
         folder.mkdir(parents=True, exist_ok=True)
         return folder / f"{digest}.lock"
-    folder = Path(checkpoints.removeprefix("file:"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / ".lock"
+    local_folder = Path(local)
+    local_folder.mkdir(parents=True, exist_ok=True)
+    return local_folder / ".lock"
 
 
 @contextmanager

@@ -305,3 +305,40 @@ def test_the_class_archive_is_used_only_when_it_was_made_for_these_jars(
     assert session.class_archive([]) is None  # jars not resolved yet: the JVM's class path differs
     monkeypatch.setenv("SMART_METER_NO_CLASS_ARCHIVE", "1")
     assert session.class_archive(jars) is None
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["{p}", "file:{p}", "file://{p}", "file://localhost{p}", "file://localhost{q}"],
+)
+def test_one_checkpoint_folder_is_one_lock_however_its_location_is_spelled(
+    tmp_path: Path, spelling: str
+) -> None:
+    """The lock file is `.lock` in the folder itself for every local spelling (a URI's
+    host `localhost` and percent-escapes included), so a second pipeline given the
+    same folder another way is refused, not run beside the first."""
+    folder = tmp_path / "check points"
+    other = spelling.format(p=folder, q=str(folder).replace(" ", "%20"))
+    assert runner._lock_path(other) == folder / ".lock"
+    with (
+        runner.checkpoint_lock(str(folder)),
+        pytest.raises(runner.CheckpointInUse, match=f"in use by pid {os.getpid()}"),
+        runner.checkpoint_lock(other),
+    ):
+        pass
+    with runner.checkpoint_lock(other):  # released with the first holder
+        pass
+
+
+def test_a_relative_or_remote_checkpoint_location_gets_its_own_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert runner._lock_path("relative/cp") == Path("relative/cp/.lock")
+    assert (tmp_path / "relative" / "cp").is_dir()
+    remote = runner._lock_path("s3a://bucket/checkpoints")
+    other_host = runner._lock_path("file://otherhost/checkpoints")
+    locks = tmp_path / "home" / ".cache" / "smart-meter" / "locks"
+    assert remote.parent == other_host.parent == locks
+    assert remote != other_host
