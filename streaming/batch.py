@@ -489,8 +489,9 @@ class Pipeline:
         rows_count: int,
     ) -> None:
         rows = transforms.row_records(parsed)
+        columns = sinks.raw_column_names(names)
         raw = rows.select(
-            *[F.col("raw_values")[n].alias(sinks.raw_column_name(n)) for n in names],
+            *[F.col("raw_values")[n].alias(columns[n]) for n in names],
             "source_file",
             "file_modification_time",
             F.lit(ingested_at).cast("timestamp").alias("ingested_at"),

@@ -8,6 +8,7 @@ staging, so a batch replayed after a crash leaves every table as it was.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ from pyspark.sql.types import DateType, StructType
 
 from streaming import schemas, small_writes
 from streaming.config import SMALL_WRITES
+from streaming.parsing import REQUIRED_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +131,43 @@ class LakePaths:
 
 def raw_column_name(name: str) -> str:
     """A file's column name as a Delta column: reserved characters become `_`,
-    names clashing with the raw layer's own columns get a `file_` prefix."""
+    names clashing (in any letter case) with the raw layer's own columns get a
+    `file_` prefix. Two names may get one column name this way: see
+    `raw_column_names` for a batch's columns."""
     clean = _BAD_NAME_CHARS.sub("_", name) or "_"
-    if clean in schemas.RAW_READINGS_META.fieldNames():
+    if clean.lower() in _RAW_META_NAMES:
         clean = f"file_{clean}"
     return clean
+
+
+_RAW_META_NAMES = {name.lower() for name in schemas.RAW_READINGS_META.fieldNames()}
+
+
+def raw_column_names(names: Iterable[str]) -> dict[str, str]:
+    """The Delta column of each of a batch's file column names, no two alike.
+
+    Delta (and Spark, and delta-rs) match column names in any letter case, so
+    `Quality` and `quality`, `Interval_Start` beside `interval_start`, or `a b`
+    and `a_b` (after `raw_column_name`) would be one column twice and fail the
+    raw append. In each such group one name keeps its column name (a required
+    column first, then a name that needed no change, then the first in code-point
+    order) and each other one gets `__` and 8 hex digits of its name's SHA-1: the
+    same name gets the same column whenever it meets the same rival, and nothing
+    delivered is dropped.
+    """
+    base = {name: raw_column_name(name) for name in names}
+    groups: dict[str, list[str]] = {}
+    for name, column in base.items():
+        groups.setdefault(column.lower(), []).append(name)
+    out: dict[str, str] = {}
+    for members in groups.values():
+        keeper = min(members, key=lambda n: (n not in REQUIRED_COLUMNS, base[n] != n, n))
+        for name in members:
+            suffix = "" if name == keeper else "__" + hashlib.sha1(name.encode()).hexdigest()[:8]
+            out[name] = base[name] + suffix
+    if len({column.lower() for column in out.values()}) != len(out):  # 8 hex digits alike
+        raise RuntimeError(f"raw column names still clash: {sorted(out.items())}")
+    return out
 
 
 def append_idempotent(

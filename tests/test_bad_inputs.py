@@ -32,7 +32,7 @@ from reference import (
     reconciliation_errors,
 )
 
-from streaming import runner
+from streaming import runner, sinks
 from streaming.batch import Pipeline
 from streaming.config import Config
 from streaming.expectations import DEFAULTS
@@ -532,3 +532,77 @@ def test_rows_that_crash_the_parser_are_quarantined_and_the_run_goes_on(
     staged = Counter(name_of(r["source_file"]) for r in tables[STAGING])
     assert staged[good[0].name] == 48
     assert staged["meterpoint_list_on_fall_back.json"] == staged["offset_past_year_9999.json"] == 1
+
+
+# ---------------------------------------------------------------- extra columns alike in Delta
+
+
+def _extra_column_file(path: Path, column: str, hour: int, value: str) -> None:
+    path.write_text(
+        json.dumps(
+            {"columns": [*COLUMNS, column], "data": [[f"2021-01-02 {hour:02d}:00:00", 0.5, MP_A, value]]}
+        )
+    )
+
+
+@pytest.mark.parametrize("writer", ["auto", "spark"])
+def test_extra_columns_that_are_one_name_to_delta_each_keep_a_raw_column(
+    spark: SparkSession, tmp_path: Path, writer: str
+) -> None:
+    """Delta matches column names in any letter case, and `raw_column_name` makes
+    `a b` into `a_b`: such extra columns in one batch made the raw append fail
+    with every replay, so the pipeline stopped for good. Each now keeps a column
+    of its own (`sinks.raw_column_names`); a later batch's `QUALITY` alone goes
+    into the existing `Quality` column."""
+    db, regular = make_sample(tmp_path)
+    readings = tmp_path / "readings"
+    copy_in(regular, readings)
+    extras = {
+        "k1.json": ("Quality", "x"),
+        "k2.json": ("quality", "y"),
+        "k3.json": ("Interval_Start", "z"),
+        "k4.json": ("a b", "p"),
+        "k5.json": ("a_b", "q"),
+        "k6.json": ("Source_File", "s"),
+    }
+    for hour, (name, (column, value)) in enumerate(extras.items()):
+        _extra_column_file(readings / name, column, hour, value)
+    cfg = make_config(tmp_path, readings=readings, db=db, small_writes=writer)
+    run_pipeline(spark, cfg)
+    _extra_column_file(readings / "k7.json", "QUALITY", 8, "w")
+    second = run_pipeline(spark, cfg)
+    assert [b["rows"] for b in second.batches] == [1]
+
+    tables = read_tables(spark, cfg.lake, [RAW, STAGING])
+    columns = sinks.raw_column_names([*COLUMNS, *(c for c, _ in extras.values())])
+    assert len({c.lower() for c in columns.values()}) == len(columns) == 9
+    by_file = {name_of(r["source_file"]): r for r in tables[RAW]}
+    for name, (column, value) in extras.items():
+        row = by_file[name]
+        assert row[columns[column]] == value, (name, columns[column])
+        others = [c for c, _ in extras.values() if columns[c] != columns[column]]
+        assert all(row[columns[o]] is None for o in others), name
+    assert by_file["k7.json"]["Quality"] == "w"
+    staged = {
+        (r["meterpoint_id"], r["interval_start_local"].hour)
+        for r in tables[STAGING]
+        if r["reading_date"].day == 2
+    }
+    assert staged == {(MP_A, hour) for hour in [*range(len(extras)), 8]}
+
+
+def test_raw_column_names_change_only_the_names_that_clash() -> None:
+    alone = sinks.raw_column_names([*COLUMNS, "Quality", "a b", "Source_File"])
+    assert alone == {
+        **{c: c for c in COLUMNS},
+        "Quality": "Quality",
+        "a b": "a_b",
+        "Source_File": "file_Source_File",
+    }
+    clash = sinks.raw_column_names([*COLUMNS, "quality", "Quality", "INTERVAL_START"])
+    assert clash["interval_start"] == "interval_start"  # a required column keeps its name
+    assert clash["Quality"] == "Quality"  # the first in code-point order
+    assert clash["quality"].startswith("quality__") and len(clash["quality"]) == len("quality__") + 8
+    assert clash["INTERVAL_START"].startswith("INTERVAL_START__")
+    # the same rivals in another order, another batch: the same columns
+    assert sinks.raw_column_names(reversed(list(clash))) == clash
