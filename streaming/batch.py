@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -351,7 +353,6 @@ class Pipeline:
     def _process(self, batch_df: DataFrame, batch_id: int, spark_batch_id: int) -> None:
         started = time.monotonic()
         self.phases = {}
-        spark = batch_df.sparkSession
         with self.timed("dimensions"):
             self.refresh_dimensions()
         assert self.dims is not None
@@ -363,10 +364,17 @@ class Pipeline:
         try:
             with self.timed("parse"):
                 counts, reasons, warnings, shape = _batch_counts(parsed)
+            logged = ingestion_log.batch_files(self.generation.path, spark_batch_id)
+            once = _without_files_read_twice(parsed, counts["files"], logged, batch_id)
+            if once is not parsed:
+                parsed.unpersist()
+                parsed = once
+                with self.timed("parse"):
+                    counts, reasons, warnings, shape = _batch_counts(parsed)
             if reasons:
                 expectations.check_failures(reasons, self.rules, batch_id, _first_failure(parsed, self.rules))
             with self.timed("unread"):
-                unread = self._unread_files(spark, parsed, spark_batch_id, counts["files"])
+                unread = _unread_files(parsed, logged, counts["files"])
             counts["files_unread"] = len(unread)
             # The raw (and quarantine) appends run beside the staging work; staging
             # is committed only once they are (so a crash leaves raw, then staging,
@@ -464,20 +472,6 @@ class Pipeline:
         finally:
             change.release()
         return {"dates": len(dates), "staged_new": change.inserted, "staged_corrected": change.updated}
-
-    def _unread_files(
-        self, spark: SparkSession, parsed: DataFrame, spark_batch_id: int, seen: int
-    ) -> list[str]:
-        """Files of the batch that produced no record: Spark's file scan skips 0-byte
-        files (and a file may vanish between listing and reading)."""
-        logged = ingestion_log.batch_files(self.generation.path, spark_batch_id)
-        if logged is None or len(logged) <= seen:
-            return []
-        present = {
-            source.normalise_path(r[0])
-            for r in transforms.file_records(parsed).select("source_file").collect()
-        }
-        return sorted(p for p in logged if source.normalise_path(p) not in present)
 
     def _write_raw(
         self,
@@ -618,6 +612,52 @@ class BatchShape:
 
     columns: set[str] = field(default_factory=set)
     dates: set[date] = field(default_factory=set)
+
+
+def _unread_files(parsed: DataFrame, logged: list[str] | None, seen: int) -> list[str]:
+    """Files of the batch (`logged`: the source log's, None where it cannot be read)
+    that produced no record: Spark's file scan skips 0-byte files (and a file may
+    vanish between listing and reading). `seen`: the batch's file records."""
+    if logged is None or len(logged) <= seen:
+        return []
+    present = {
+        source.normalise_path(r[0]) for r in transforms.file_records(parsed).select("source_file").collect()
+    }
+    return sorted(p for p in logged if source.normalise_path(p) not in present)
+
+
+# Characters of a Hadoop glob. Spark's scan of a batch whose files include a name
+# with one of them reads the batch's other files twice (measured with Spark 4.2 on
+# the local file system, in a batch read of a list of files as in a stream's batch).
+_GLOB_CHARACTERS = set("[]{}*?\\")
+
+
+def _without_files_read_twice(
+    parsed: DataFrame, files: int, logged: list[str] | None, batch_id: int
+) -> DataFrame:
+    """`parsed` as it is, or, when Spark read a file of the batch more than once,
+    its records with each file's records once (persisted; the caller unpersists
+    `parsed`).
+
+    Nothing is checked, and no Spark job runs, unless a logged name holds a glob
+    character or the log cannot be read here (`logged` is None): then the file
+    records' distinct paths are counted (one small job).
+    """
+    # the log's paths are URIs: `[x].json` is `%5Bx%5D.json` there
+    if logged is not None and not any(_GLOB_CHARACTERS & set(Path(unquote(p)).name) for p in logged):
+        return parsed
+    distinct = transforms.file_records(parsed).select("source_file").distinct().count()
+    if distinct == files:
+        return parsed
+    log.warning(
+        "batch %s: Spark read %d file record(s) for %d file(s) (a file name with a glob "
+        "character makes its scan read the batch's other files twice): each file's "
+        "records are kept once",
+        batch_id,
+        files,
+        distinct,
+    )
+    return parsed.dropDuplicates(["kind", "source_file", "row_index"]).persist()
 
 
 def _batch_counts(

@@ -13,6 +13,11 @@ from streaming.config import Config
 from streaming.parsing import parse_readings
 
 _RAW_VALUES = pa.map_(pa.string(), pa.string())
+# The readings files: `*.json` whose name does not start with `.` or `_` (the
+# contract's names of files being written). Spark's listing skips most such names
+# by itself, but not those holding `=` (partition-like, `_x=1.json`) nor
+# `_metadata*` and `_common_metadata*` (Parquet summaries).
+READINGS_GLOB = "[!._]*.json"
 
 
 def read_readings_stream(spark: SparkSession, cfg: Config) -> DataFrame:
@@ -20,12 +25,12 @@ def read_readings_stream(spark: SparkSession, cfg: Config) -> DataFrame:
 
     `binaryFile` hands each file over whole, so one-line and pretty-printed JSON
     are parsed alike and a broken file is one bad record, not a broken query.
-    Names starting with `.` or `_` are skipped by Spark's file listing.
+    Names starting with `.` or `_` are skipped (`READINGS_GLOB`).
     """
     reader = (
         spark.readStream.format("binaryFile")
         .schema(schemas.BINARY_FILE)
-        .option("pathGlobFilter", "*.json")
+        .option("pathGlobFilter", READINGS_GLOB)
         .option("maxFileAge", cfg.max_file_age)
     )
     if cfg.max_files_per_trigger > 0:

@@ -606,3 +606,60 @@ def test_raw_column_names_change_only_the_names_that_clash() -> None:
     assert clash["INTERVAL_START"].startswith("INTERVAL_START__")
     # the same rivals in another order, another batch: the same columns
     assert sinks.raw_column_names(reversed(list(clash))) == clash
+
+
+def test_no_file_whose_name_starts_with_a_dot_or_an_underscore_is_read(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Spark's listing skips most such names, but not `_x=1.json` (partition-like) nor
+    `_metadata*` and `_common_metadata*` (Parquet summaries): the first was ingested and
+    the others quarantined as unreadable. The source's glob now skips them all."""
+    db, regular = make_sample(tmp_path)
+    readings = tmp_path / "readings"
+    copy_in(regular, readings)
+    hidden = ["_x=1.json", "_metadata.json", "_common_metadata.json", "_b.json", ".c.json", "_.json"]
+    for hour, name in enumerate(hidden):
+        _extra_column_file(readings / name, "note", hour, name)
+    shown = ["b=2.json", "[x].json"]  # an `=` or brackets elsewhere in a name are no reason to skip
+    for hour, name in enumerate(shown, start=10):
+        _extra_column_file(readings / name, "note", hour, name)
+    cfg = make_config(tmp_path, readings=readings, db=db)
+    pipeline = run_pipeline(spark, cfg)
+
+    tables = read_tables(spark, cfg.lake, [RAW, STAGING, Q_FILES, Q_ROWS])
+    read = {name_of(r["source_file"]) for t in (RAW, STAGING) for r in tables[t]}
+    assert read == {*(p.name for p in regular), *shown}
+    assert tables[Q_FILES] == [] and tables[Q_ROWS] == []
+    assert [b["files"] for b in pipeline.batches] == [len(regular) + len(shown)]
+
+
+def test_a_file_name_with_glob_characters_does_not_make_the_batch_read_files_twice(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Spark's scan of a batch that lists `[x].json` read the batch's other files twice:
+    raw and the quarantine got their lines twice, and the batch log counted them. The
+    batch now keeps each file's records once (and says so in the log)."""
+    db, regular = make_sample(tmp_path)
+    readings = tmp_path / "readings"
+    copy_in(regular, readings)
+    for hour, name in enumerate(["[x].json", "{y}.json", "a*b?.json"]):
+        _extra_column_file(readings / name, "note", hour, name)
+    (readings / "broken.json").write_text('{"columns": [')
+    mixed = readings / "mixed.json"
+    mixed.write_text(json.dumps({"columns": COLUMNS, "data": [["2021-01-03 00:00:00", -1, MP_B]]}))
+    cfg = make_config(tmp_path, readings=readings, db=db)
+    pipeline = run_pipeline(spark, cfg)
+
+    files = sorted(p.name for p in readings.iterdir())
+    (batch,) = pipeline.batches
+    assert batch["files"] == len(files) == 9
+    assert batch["files_quarantined"] == 1 and batch["rows_quarantined"] == 1
+    tables = read_tables(spark, cfg.lake, [RAW, Q_FILES, Q_ROWS])
+    raw_rows = Counter(name_of(r["source_file"]) for r in tables[RAW])
+    expected = {
+        p.name: len(json.loads(p.read_text())["data"]) for p in readings.iterdir() if p.name != "broken.json"
+    }
+    assert raw_rows == expected
+    assert [name_of(r["source_file"]) for r in tables[Q_FILES]] == ["broken.json"]
+    assert [name_of(r["source_file"]) for r in tables[Q_ROWS]] == ["mixed.json"]
+    assert batch["rows"] == sum(expected.values())
