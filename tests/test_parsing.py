@@ -540,3 +540,20 @@ def test_the_one_pass_row_texts_equal_the_value_by_value_rules() -> None:
         ["1e3", "-0", "1.50", "NaN", "-Infinity"],
         "[1e3,-0,1.50,NaN,-Infinity]",
     )
+
+
+@pytest.mark.parametrize(
+    ("row", "reason_prefix"),
+    [
+        (["2021-01-01 00:00:00", "\u0661", "A"], "bad_consumption"),  # Arabic-Indic one
+        (["2021-01-01 00:00:00", "\uff11.5", "A"], "bad_consumption"),  # full-width one
+        (["\u0662\u0660\u0662\u0661-01-01 00:00:00", 0.1, "A"], "bad_interval_start"),
+        (["2021-01-01 0\u0660:00:00", 0.1, "A"], "bad_interval_start"),
+    ],
+)
+def test_digits_other_than_ascii_are_not_numbers_or_times(row: list[Any], reason_prefix: str) -> None:
+    """Python's `\\d`, `int` and `float` read any Unicode digit; a JSON number, a
+    numeric string and a timestamp are 0-9 only."""
+    parsed = parse([row, ["2021-01-01 00:30:00", "1", "A"]])
+    assert parsed.reason[0] is not None and parsed.reason[0].startswith(reason_prefix), parsed.reason[0]
+    assert parsed.reason[1] is None and parsed.consumption_kwh[1] == 1.0
