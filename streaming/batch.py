@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -367,10 +366,12 @@ class Pipeline:
             logged = ingestion_log.batch_files(self.generation.path, spark_batch_id)
             once = _without_files_read_twice(parsed, counts["files"], logged, batch_id)
             if once is not parsed:
-                parsed.unpersist()
-                parsed = once
-                with self.timed("parse"):
-                    counts, reasons, warnings, shape = _batch_counts(parsed)
+                try:  # `once` is built from `parsed`'s cache, which is dropped after
+                    with self.timed("parse"):
+                        counts, reasons, warnings, shape = _batch_counts(once)
+                finally:
+                    parsed.unpersist()
+                    parsed = once
             if reasons:
                 expectations.check_failures(reasons, self.rules, batch_id, _first_failure(parsed, self.rules))
             with self.timed("unread"):
@@ -483,7 +484,8 @@ class Pipeline:
         rows_count: int,
     ) -> None:
         rows = transforms.row_records(parsed)
-        columns = sinks.raw_column_names(names)
+        path = self.lake(sinks.RAW_READINGS)
+        columns = sinks.raw_column_names(names, partial(sinks.table_columns, self.spark, path))
         raw = rows.select(
             *[F.col("raw_values")[n].alias(columns[n]) for n in names],
             "source_file",
@@ -491,7 +493,6 @@ class Pipeline:
             F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
             F.lit(batch_id).cast("long").alias("batch_id"),
         )
-        path = self.lake(sinks.RAW_READINGS)
         writer = sinks.writer_for(self.small_writes, path, rows=rows_count)
         sinks.append_idempotent(raw, path, app_id, batch_id, merge_schema=True, writer=writer)
 
@@ -620,8 +621,10 @@ def _unread_files(parsed: DataFrame, logged: list[str] | None, seen: int) -> lis
     vanish between listing and reading). `seen`: the batch's file records."""
     if logged is None or len(logged) <= seen:
         return []
+    # the scan's paths are plain (`a%20b.json` is that name); the log's are URIs
     present = {
-        source.normalise_path(r[0]) for r in transforms.file_records(parsed).select("source_file").collect()
+        source.normalise_path(r[0], uri=False)
+        for r in transforms.file_records(parsed).select("source_file").collect()
     }
     return sorted(p for p in logged if source.normalise_path(p) not in present)
 
@@ -639,12 +642,13 @@ def _without_files_read_twice(
     its records with each file's records once (persisted; the caller unpersists
     `parsed`).
 
-    Nothing is checked, and no Spark job runs, unless a logged name holds a glob
+    Nothing is checked, and no Spark job runs, unless a logged path holds a glob
     character or the log cannot be read here (`logged` is None): then the file
     records' distinct paths are counted (one small job).
     """
-    # the log's paths are URIs: `[x].json` is `%5Bx%5D.json` there
-    if logged is not None and not any(_GLOB_CHARACTERS & set(Path(unquote(p)).name) for p in logged):
+    # the log's paths are URIs (`[x].json` is `%5Bx%5D.json` there); a glob character
+    # anywhere in the path counts (the source also reads subfolders)
+    if logged is not None and not any(_GLOB_CHARACTERS & set(unquote(p)) for p in logged):
         return parsed
     distinct = transforms.file_records(parsed).select("source_file").distinct().count()
     if distinct == files:

@@ -164,7 +164,8 @@ def batch_files(checkpoint: str, spark_batch: int) -> list[str] | None:
     """The files the file source logged for Spark's batch `spark_batch` (the log ids
     after the previous batch's offset, up to its own), or None where that cannot
     be told (the log is not on the local file system, or a file of it is gone):
-    the caller's check is then skipped."""
+    the batch then skips its check for unread files, and counts the scan's
+    distinct files to catch a file read twice (`batch._without_files_read_twice`)."""
     folder = local_folder(checkpoint)
     if folder is None:
         return None

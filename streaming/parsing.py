@@ -32,6 +32,7 @@ _TIMESTAMP = re.compile(
     re.ASCII,
 )
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$", re.ASCII)
+_ASCII_SPACE = " \t\n\r\f\v"  # str.strip() alone strips Unicode spaces too (NBSP, ideographic)
 _NOT_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
 
 
@@ -194,7 +195,7 @@ def _micros(dt: datetime) -> int:
 @lru_cache(maxsize=65536)
 def parse_interval_start(text: str, tz_name: str) -> LocalTime | str:
     """Parse one interval_start per the contract, or return the rejection reason."""
-    m = _TIMESTAMP.match(text.strip())
+    m = _TIMESTAMP.match(text.strip(_ASCII_SPACE))
     if not m:
         return f"bad_interval_start: {text!r} is not a timestamp YYYY-MM-DD HH:MM:SS"
     try:
@@ -257,7 +258,7 @@ def parse_consumption(value: Any) -> float | str:
         return "bad_consumption: consumption_delta is null"
     if not isinstance(value, str):  # booleans, lists, objects (numbers arrive as text)
         return f"bad_consumption: consumption_delta {as_delivered(value)} is not a number"
-    text = value.strip()
+    text = value.strip(_ASCII_SPACE)
     if text.lower() in _NOT_FINITE:
         return f"bad_consumption: consumption_delta {value!r} is not finite"
     if not _NUMBER.match(text):

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import IO
+from urllib.parse import urlsplit
 
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
@@ -52,8 +53,8 @@ def _lock_path(checkpoints: str) -> Path:
     `file://localhost/a`, or a relative path); for any other location a file under
     ~/.cache named by its URI, which guards this host only."""
     local = small_writes.local_path(checkpoints)
-    if local is None and ":" not in checkpoints:
-        local = checkpoints  # a relative path, as Spark resolves it here
+    if local is None and urlsplit(checkpoints).scheme == "":
+        local = checkpoints  # a relative path (no scheme), as Spark resolves it here
     if local is None:
         digest = hashlib.sha256(checkpoints.encode()).hexdigest()[:16]
         folder = Path.home() / ".cache" / "smart-meter" / "locks"

@@ -105,6 +105,17 @@ def create_tables(
             list(pool.map(create, names))
 
 
+def table_columns(spark: SparkSession, path: str) -> list[str]:
+    """The column names of the Delta table at `path` (delta-rs reads a local
+    table's schema from its log; Spark loads other tables' snapshots)."""
+    local = small_writes.local_path(path)
+    if local is not None:
+        from deltalake import DeltaTable as RsTable
+
+        return [field.name for field in RsTable(local).schema().fields]
+    return spark.read.format("delta").load(path).columns
+
+
 def table_exists(spark: SparkSession, path: str) -> bool:
     """Whether a Delta table is at `path`. A local one is told by its log folder (a
     directory listing, where asking Spark loads a snapshot: seconds on a cold JVM);
@@ -143,30 +154,52 @@ def raw_column_name(name: str) -> str:
 _RAW_META_NAMES = {name.lower() for name in schemas.RAW_READINGS_META.fieldNames()}
 
 
-def raw_column_names(names: Iterable[str]) -> dict[str, str]:
+def raw_column_names(
+    names: Iterable[str], existing: Callable[[], Sequence[str]] = lambda: ()
+) -> dict[str, str]:
     """The Delta column of each of a batch's file column names, no two alike.
 
     Delta (and Spark, and delta-rs) match column names in any letter case, so
     `Quality` and `quality`, `Interval_Start` beside `interval_start`, or `a b`
     and `a_b` (after `raw_column_name`) would be one column twice and fail the
-    raw append. In each such group one name keeps its column name (a required
-    column first, then a name that needed no change, then the first in code-point
-    order) and each other one gets `__` and 8 hex digits of its name's SHA-1: the
-    same name gets the same column whenever it meets the same rival, and nothing
+    raw append. In each such group one name keeps its column name: one spelled
+    exactly as a column the table already has (`existing`, called only when a
+    batch has such a group), then a required column, then a name that needed no
+    change, then the first in code-point order. Each other one gets `__` and
+    hex digits of its name's SHA-1 (8, more if those are taken): the same name
+    gets the same column whenever it meets the same rivals, and nothing
     delivered is dropped.
     """
     base = {name: raw_column_name(name) for name in names}
     groups: dict[str, list[str]] = {}
     for name, column in base.items():
         groups.setdefault(column.lower(), []).append(name)
-    out: dict[str, str] = {}
-    for members in groups.values():
-        keeper = min(members, key=lambda n: (n not in REQUIRED_COLUMNS, base[n] != n, n))
-        for name in members:
-            suffix = "" if name == keeper else "__" + hashlib.sha1(name.encode()).hexdigest()[:8]
-            out[name] = base[name] + suffix
-    if len({column.lower() for column in out.values()}) != len(out):  # 8 hex digits alike
-        raise RuntimeError(f"raw column names still clash: {sorted(out.items())}")
+    clashes = [members for members in groups.values() if len(members) > 1]
+    out = {members[0]: base[members[0]] for members in groups.values() if len(members) == 1}
+    if not clashes:
+        return out
+    held = set(existing())
+    # columns this batch gives out (a column the table already has may be given
+    # again: it is the same name's column from an earlier batch)
+    taken = {column.lower() for column in out.values()}
+    for members in clashes:
+        keeper = min(members, key=lambda n: (base[n] not in held, n not in REQUIRED_COLUMNS, base[n] != n, n))
+        out[keeper] = base[keeper]
+        taken.add(base[keeper].lower())
+    for members in clashes:
+        for name in sorted(members):
+            if name in out:
+                continue
+            digest = hashlib.sha1(name.encode()).hexdigest()
+            free = [
+                f"{base[name]}__{digest[:n]}"
+                for n in (8, 16, 40)
+                if f"{base[name]}__{digest[:n]}".lower() not in taken
+            ]
+            if not free:  # names spelled as this one's SHA-1-suffixed columns, thrice
+                raise RuntimeError(f"no free raw column name for file column {name!r}")
+            out[name] = free[0]
+            taken.add(free[0].lower())
     return out
 
 

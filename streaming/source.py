@@ -156,11 +156,14 @@ def micros_to_local(us: Column) -> Column:
     return F.timestamp_micros(us).cast("timestamp_ntz")
 
 
-def normalise_path(path: str) -> str:
-    """`file:///a/b` (the source log) and `file:/a/b` (the scan) name one file."""
+def normalise_path(path: str, uri: bool = True) -> str:
+    """`file:///a/b` (the source log) and `file:/a/b` (the scan) name one file.
+    `uri`: the path is a URI (the source log's), whose escapes are decoded; the
+    scan's `source_file` is not (`a%20b.json` there is that name)."""
     from urllib.parse import unquote
 
-    path = unquote(path)
+    if uri:
+        path = unquote(path)
     return "file:/" + path[len("file:") :].lstrip("/") if path.startswith("file:") else path
 
 

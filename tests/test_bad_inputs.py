@@ -583,6 +583,12 @@ def test_extra_columns_that_are_one_name_to_delta_each_keep_a_raw_column(
         others = [c for c, _ in extras.values() if columns[c] != columns[column]]
         assert all(row[columns[o]] is None for o in others), name
     assert by_file["k7.json"]["Quality"] == "w"
+    # the same rivals again in a later batch: the same columns as the first time
+    _extra_column_file(readings / "k8.json", "quality", 9, "u")
+    _extra_column_file(readings / "k9.json", "Quality", 10, "v")
+    run_pipeline(spark, cfg)
+    again = {name_of(r["source_file"]): r for r in read_tables(spark, cfg.lake, [RAW])[RAW]}
+    assert again["k8.json"][columns["quality"]] == "u" and again["k9.json"]["Quality"] == "v"
     staged = {
         (r["meterpoint_id"], r["interval_start_local"].hour)
         for r in tables[STAGING]
@@ -606,6 +612,14 @@ def test_raw_column_names_change_only_the_names_that_clash() -> None:
     assert clash["INTERVAL_START"].startswith("INTERVAL_START__")
     # the same rivals in another order, another batch: the same columns
     assert sinks.raw_column_names(reversed(list(clash))) == clash
+    # a name spelled as a column the table has keeps it; a suffixed name taken by a
+    # file column of that very spelling gets more hex digits
+    held = sinks.raw_column_names([*COLUMNS, "quality", "Quality"], lambda: [*COLUMNS, "quality"])
+    assert held["quality"] == "quality" and held["Quality"].startswith("Quality__")
+    taken = sinks.raw_column_names(["quality", "Quality", clash["quality"]])
+    assert taken[clash["quality"]] == clash["quality"]
+    assert taken["quality"].startswith(clash["quality"]) and len(taken["quality"]) == len("quality__") + 16
+    assert sinks.raw_column_names(["x"], lambda: 1 / 0) == {"x": "x"}  # no clash: the table is not read
 
 
 def test_no_file_whose_name_starts_with_a_dot_or_an_underscore_is_read(
@@ -645,6 +659,8 @@ def test_a_file_name_with_glob_characters_does_not_make_the_batch_read_files_twi
     for hour, name in enumerate(["[x].json", "{y}.json", "a*b?.json"]):
         _extra_column_file(readings / name, "note", hour, name)
     (readings / "broken.json").write_text('{"columns": [')
+    (readings / "empty.json").write_bytes(b"")  # no record: found through the source log
+    _extra_column_file(readings / "a%20b.json", "note", 5, "a plain name with a percent sign")
     mixed = readings / "mixed.json"
     mixed.write_text(json.dumps({"columns": COLUMNS, "data": [["2021-01-03 00:00:00", -1, MP_B]]}))
     cfg = make_config(tmp_path, readings=readings, db=db)
@@ -652,14 +668,16 @@ def test_a_file_name_with_glob_characters_does_not_make_the_batch_read_files_twi
 
     files = sorted(p.name for p in readings.iterdir())
     (batch,) = pipeline.batches
-    assert batch["files"] == len(files) == 9
-    assert batch["files_quarantined"] == 1 and batch["rows_quarantined"] == 1
+    assert len(files) == 11 and batch["files"] == 10  # the empty file has no record
+    assert batch["files_quarantined"] == 1 and batch["rows_quarantined"] == 1 and batch["files_unread"] == 1
     tables = read_tables(spark, cfg.lake, [RAW, Q_FILES, Q_ROWS])
     raw_rows = Counter(name_of(r["source_file"]) for r in tables[RAW])
     expected = {
-        p.name: len(json.loads(p.read_text())["data"]) for p in readings.iterdir() if p.name != "broken.json"
+        p.name: len(json.loads(p.read_text())["data"])
+        for p in readings.iterdir()
+        if p.name not in ("broken.json", "empty.json")
     }
     assert raw_rows == expected
-    assert [name_of(r["source_file"]) for r in tables[Q_FILES]] == ["broken.json"]
+    assert sorted(name_of(r["source_file"]) for r in tables[Q_FILES]) == ["broken.json", "empty.json"]
     assert [name_of(r["source_file"]) for r in tables[Q_ROWS]] == ["mixed.json"]
     assert batch["rows"] == sum(expected.values())

@@ -549,6 +549,9 @@ def test_the_one_pass_row_texts_equal_the_value_by_value_rules() -> None:
         (["2021-01-01 00:00:00", "\uff11.5", "A"], "bad_consumption"),  # full-width one
         (["\u0662\u0660\u0662\u0661-01-01 00:00:00", 0.1, "A"], "bad_interval_start"),
         (["2021-01-01 0\u0660:00:00", 0.1, "A"], "bad_interval_start"),
+        # around a value only ASCII white space is taken away (str.strip() takes any)
+        (["2021-01-01 00:00:00", "\u00a01.5", "A"], "bad_consumption"),  # no-break space
+        (["2021-01-01 00:00:00\u3000", 0.1, "A"], "bad_interval_start"),  # ideographic space
     ],
 )
 def test_digits_other_than_ascii_are_not_numbers_or_times(row: list[Any], reason_prefix: str) -> None:

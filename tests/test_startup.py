@@ -337,6 +337,8 @@ def test_a_relative_or_remote_checkpoint_location_gets_its_own_lock_file(
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert runner._lock_path("relative/cp") == Path("relative/cp/.lock")
     assert (tmp_path / "relative" / "cp").is_dir()
+    # a colon after a slash is no scheme (Hadoop's rule too): still the folder itself
+    assert runner._lock_path("relative/a:b") == Path("relative/a:b/.lock")
     remote = runner._lock_path("s3a://bucket/checkpoints")
     other_host = runner._lock_path("file://otherhost/checkpoints")
     locks = tmp_path / "home" / ".cache" / "smart-meter" / "locks"
