@@ -399,3 +399,65 @@ def _archive_logged(logged: list[LoggedFile], archive_dir: Path) -> tuple[int, l
             ", ".join(left[:5]) + (" ..." if len(left) > 5 else ""),
         )
     return archived, left
+
+
+REDELIVERED = ".redelivered-"
+
+
+def rename_redeliveries(cfg: Config, generation: Generation | None = None) -> list[Path]:
+    """Give a new name to each re-delivery under a name the file source has read.
+
+    Spark's file source reads a path once: a file placed again under a name the
+    current generation's log holds (a correction delivered as the same file) would
+    be skipped for good. A logged file of a committed batch whose modification time
+    is no longer the one logged is such a re-delivery; it is renamed in its folder
+    to `<name>.redelivered-<mtime ms>.json`, which the source reads as a new file
+    in its next batch (the later batch wins, as for any correction). Files of a
+    batch that has not been committed are left alone: Spark reads them, with
+    whatever content they have, when it runs that batch. Local folders only;
+    returns the new paths.
+    """
+    generation = generation or current(cfg.checkpoints)
+    checkpoint = local_folder(generation.path)
+    if checkpoint is None or small_writes.local_path(cfg.readings) is None:
+        return []
+    try:
+        committed = last_batch(checkpoint / "commits")
+        read_to = source_offset(checkpoint, committed) if committed is not None else None
+        logged = logged_files(checkpoint) if read_to is not None else []
+    except FileNotFoundError:
+        # a log file Spark compacted away while it was read (a service's timer runs
+        # beside the query): the next look reads the log again
+        return []
+    renamed: list[Path] = []
+    for entry in logged:
+        if read_to is None:
+            break
+        if entry.batch_id > read_to:
+            continue
+        local = small_writes.local_path(entry.path)
+        if local is None:
+            continue
+        path = Path(local)
+        try:
+            mtime_ms = path.stat().st_mtime_ns // 1_000_000
+        except FileNotFoundError:
+            continue  # archived, or removed
+        if mtime_ms == entry.timestamp_ms:
+            continue
+        target = path.with_name(f"{path.name.removesuffix('.json')}{REDELIVERED}{mtime_ms}.json")
+        if target.exists():
+            continue  # renamed before (a copy of it came back): the next batch reads that one
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            continue  # archived or removed since it was looked at
+        log.warning(
+            "%s was delivered again under a name already read (modified %d ms after the "
+            "logged delivery): renamed to %s, so the next batch reads it",
+            path,
+            mtime_ms - entry.timestamp_ms,
+            target.name,
+        )
+        renamed.append(target)
+    return renamed

@@ -155,6 +155,7 @@ def start_query(spark: SparkSession, cfg: Config, pipeline: Pipeline, trigger: s
     on the ingestion log's next generation when the current one is due (`ingestion_log`)."""
     generation = ingestion_log.rotate_if_due(cfg).generation
     pipeline.use_generation(generation)
+    ingestion_log.rename_redeliveries(cfg, generation)
     writer = (
         source.read_readings_stream(spark, cfg)
         .writeStream.queryName(QUERY_NAME)
@@ -320,6 +321,7 @@ def _dimension_watch(pipeline: Pipeline, stop: StopSignal) -> Iterator[None]:
             try:
                 pipeline.wait_prepared()
                 pipeline.refresh_dimensions()
+                ingestion_log.rename_redeliveries(pipeline.cfg, pipeline.generation)
                 if every > 0 and time.monotonic() >= next_maintenance:
                     pipeline.maintain()
                     next_maintenance = time.monotonic() + every

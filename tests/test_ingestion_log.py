@@ -425,3 +425,71 @@ def test_a_stop_during_the_restart_wins() -> None:
 
     assert not runner.await_query(query, stop, 0.01, (due_and_stopped, 0.0, threading.Event()))  # type: ignore[arg-type]
     assert query.stopped
+
+
+def test_a_redelivery_under_a_read_name_of_a_committed_batch_is_renamed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Spark's file source reads a path once: a logged file of a committed batch whose
+    modification time changed is given a new name, which the source reads as new.
+    Unchanged files, files of a batch not yet committed and vanished files stay."""
+    readings = tmp_path / "read ings"
+    cfg = make_config(tmp_path, readings=readings)
+    _, changed_uri = delivered(readings, "changed.json", 9_000)  # logged at 4_000
+    _, same_uri = delivered(readings, "same.json", 5_000)
+    _, planned_uri = delivered(readings, "planned.json", 8_000)  # logged at 2_000 for batch 1
+    checkpoint = Path(cfg.checkpoints) / "readings"
+    write_log(checkpoint, "0", [(changed_uri, 4_000, 0), (same_uri, 5_000, 0)])
+    write_log(checkpoint, "1", [(planned_uri, 2_000, 1), ("file://" + str(readings / "gone.json"), 1, 1)])
+    mark(checkpoint, "offsets", 0)
+    mark(checkpoint, "commits", 0)
+    mark(checkpoint, "offsets", 1)  # planned, not committed: Spark reads it as it is now
+
+    with caplog.at_level(logging.WARNING, logger="streaming.ingestion_log"):
+        renamed = ingestion_log.rename_redeliveries(cfg)
+
+    assert [p.name for p in renamed] == ["changed.redelivered-9000.json"]
+    assert sorted(p.name for p in readings.iterdir()) == [
+        "changed.redelivered-9000.json",
+        "planned.json",
+        "same.json",
+    ]
+    assert renamed[0].stat().st_mtime_ns == 9_000 * 1_000_000
+    assert "delivered again under a name already read" in caplog.text
+    assert ingestion_log.rename_redeliveries(cfg) == []  # nothing left to rename
+
+
+def test_a_correction_delivered_under_the_name_already_read_replaces_the_reading(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """The contract: a delivery with a different value is a correction, whatever the
+    file is called. A file placed again under its name (written aside, renamed over
+    it) is read by the next run, and its values win in staging."""
+    summary = write_sample(tmp_path / "data", SampleSpec(meterpoints=2, days=1))
+    readings = Path(summary["readings_dir"])
+    cfg = make_config(tmp_path, readings=readings, db=tmp_path / "data" / "case_study.db")
+    runner.run(cfg, spark=spark)
+    target = sorted(readings.glob("readings_2021-01-01_*.json"))[0]
+    doc = json.loads(target.read_text())
+    at = doc["columns"].index("consumption_delta")
+    for row in doc["data"]:
+        row[at] = 7.25
+    aside = readings / f".{target.name}.tmp"
+    aside.write_text(json.dumps(doc))
+    later = target.stat().st_mtime_ns + 60_000_000_000
+    os.utime(aside, ns=(later, later))
+    os.replace(aside, target)
+
+    second = runner.run(cfg, spark=spark)
+
+    assert [b["rows"] for b in second.batches] == [len(doc["data"])]
+    assert second.batches[0]["staged_corrected"] > 0
+    tables = read_tables(spark, cfg.lake, ["staging/readings", "raw/readings"])
+    mp = doc["data"][0][doc["columns"].index("meterpoint_id")]
+    theirs = [
+        r for r in tables["staging/readings"] if r["meterpoint_id"] == mp and r["reading_date"].day == 1
+    ]
+    assert theirs and all(r["consumption_kwh"] == 7.25 for r in theirs)
+    renamed = f"{target.stem}.redelivered-{later // 1_000_000}.json"
+    assert {Path(r["source_file"]).name for r in tables["raw/readings"] if r["batch_id"] == 1} == {renamed}
+    assert not target.exists() and (readings / renamed).exists()
