@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,6 +403,33 @@ def _archive_logged(logged: list[LoggedFile], archive_dir: Path) -> tuple[int, l
 
 
 REDELIVERED = ".redelivered-"
+# parsed source-log files by path and (size, mtime): a log file never changes once
+# Spark has written it, so each look at a long log parses only its new files
+_PARSED: dict[Path, tuple[tuple[int, int], list[LoggedFile]]] = {}
+_PARSED_LOCK = threading.Lock()  # a service's timer and its query starts both look
+
+
+def _cached_log(checkpoint: Path) -> list[LoggedFile]:
+    """`logged_files(checkpoint)`, parsing only the log files not parsed before (the
+    cache keeps the files this log is made of now, so it holds one log at most)."""
+    with _PARSED_LOCK:
+        return _cached_log_locked(checkpoint)
+
+
+def _cached_log_locked(checkpoint: Path) -> list[LoggedFile]:
+    entries: list[LoggedFile] = []
+    paths = _log_files(checkpoint)
+    for path in paths:
+        stat = path.stat()
+        key = (stat.st_size, stat.st_mtime_ns)
+        cached = _PARSED.get(path)
+        if cached is None or cached[0] != key:
+            cached = (key, _read_log_file(path))
+            _PARSED[path] = cached
+        entries.extend(cached[1])
+    for stale in set(_PARSED) - set(paths):  # compacted, or another generation's
+        del _PARSED[stale]
+    return entries
 
 
 def rename_redeliveries(cfg: Config, generation: Generation | None = None) -> list[Path]:
@@ -412,10 +440,14 @@ def rename_redeliveries(cfg: Config, generation: Generation | None = None) -> li
     be skipped for good. A logged file of a committed batch whose modification time
     is no longer the one logged is such a re-delivery; it is renamed in its folder
     to `<name>.redelivered-<mtime ms>.json`, which the source reads as a new file
-    in its next batch (the later batch wins, as for any correction). Files of a
-    batch that has not been committed are left alone: Spark reads them, with
-    whatever content they have, when it runs that batch. Local folders only;
-    returns the new paths.
+    in its next batch (the later batch wins, as for any correction). With
+    `archive_dir` set, Spark's cleaner may have archived such a file unread (it
+    moves the last batch's files when the next batch begins, whatever they hold):
+    an archived copy whose time is not the logged one is moved back under that
+    name. Files of a batch that has not been committed are left alone: Spark reads
+    them, with whatever content they have, when it runs that batch. A file that
+    cannot be renamed is left with a warning. Local folders only; returns the new
+    paths.
     """
     generation = generation or current(cfg.checkpoints)
     checkpoint = local_folder(generation.path)
@@ -424,40 +456,63 @@ def rename_redeliveries(cfg: Config, generation: Generation | None = None) -> li
     try:
         committed = last_batch(checkpoint / "commits")
         read_to = source_offset(checkpoint, committed) if committed is not None else None
-        logged = logged_files(checkpoint) if read_to is not None else []
+        logged = _cached_log(checkpoint) if read_to is not None else []
     except FileNotFoundError:
         # a log file Spark compacted away while it was read (a service's timer runs
         # beside the query): the next look reads the log again
         return []
-    renamed: list[Path] = []
+    latest: dict[str, LoggedFile] = {}  # a path logged twice (a lowered max_file_age): its last entry
     for entry in logged:
-        if read_to is None:
-            break
-        if entry.batch_id > read_to:
+        if entry.path not in latest or entry.batch_id >= latest[entry.path].batch_id:
+            latest[entry.path] = entry
+    archive = Path(cfg.archive_dir) if cfg.archive_dir and small_writes.local_path(cfg.archive_dir) else None
+    renamed: list[Path] = []
+    for entry in latest.values():
+        if read_to is None or entry.batch_id > read_to:
             continue
         local = small_writes.local_path(entry.path)
         if local is None:
             continue
         path = Path(local)
-        try:
-            mtime_ms = path.stat().st_mtime_ns // 1_000_000
-        except FileNotFoundError:
-            continue  # archived, or removed
-        if mtime_ms == entry.timestamp_ms:
+        found = _changed_copy(path, entry, archive)
+        if found is None:
             continue
+        current_path, mtime_ms = found
         target = path.with_name(f"{path.name.removesuffix('.json')}{REDELIVERED}{mtime_ms}.json")
-        if target.exists():
-            continue  # renamed before (a copy of it came back): the next batch reads that one
         try:
-            os.rename(path, target)
+            if target.exists():
+                raise FileExistsError(f"{target} exists")
+            os.rename(current_path, target)
         except FileNotFoundError:
-            continue  # archived or removed since it was looked at
+            continue  # moved or removed since it was looked at
+        except OSError as exc:  # permissions, a read-only folder, a name too long
+            log.warning(
+                "%s was delivered again under a name already read, but cannot be renamed for "
+                "the file source to read it (%s): rename it by hand to a name not read before",
+                current_path,
+                exc,
+            )
+            continue
         log.warning(
             "%s was delivered again under a name already read (modified %d ms after the "
             "logged delivery): renamed to %s, so the next batch reads it",
-            path,
+            current_path,
             mtime_ms - entry.timestamp_ms,
             target.name,
         )
         renamed.append(target)
     return renamed
+
+
+def _changed_copy(path: Path, entry: LoggedFile, archive: Path | None) -> tuple[Path, int] | None:
+    """The logged file's copy in the folder (or, archived by Spark's cleaner, in the
+    archive) whose modification time is not the logged one, and that time in ms."""
+    for candidate in (path, archive_path(archive, path) if archive is not None else None):
+        if candidate is None:
+            continue
+        try:
+            mtime_ms = candidate.stat().st_mtime_ns // 1_000_000
+        except OSError:
+            continue  # not there (archived, removed), or unreadable
+        return (candidate, mtime_ms) if mtime_ms != entry.timestamp_ms else None
+    return None

@@ -10,6 +10,7 @@ import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -493,3 +494,60 @@ def test_a_correction_delivered_under_the_name_already_read_replaces_the_reading
     renamed = f"{target.stem}.redelivered-{later // 1_000_000}.json"
     assert {Path(r["source_file"]).name for r in tables["raw/readings"] if r["batch_id"] == 1} == {renamed}
     assert not target.exists() and (readings / renamed).exists()
+
+
+def test_redeliveries_archived_unread_failing_or_after_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spark's cleaner archives the last batch's files when the next batch begins,
+    whatever they hold: an archived copy whose time is not the logged one is moved
+    back under a new name. A file that cannot be renamed, or whose new name is
+    taken, is left with a warning (no error stops the run). Committed batches are
+    told by the offsets, also when a crash left Spark's batch ids behind the log's."""
+    readings = tmp_path / "readings"
+    cfg, archive = archiving_config(tmp_path, readings)
+    checkpoint = Path(cfg.checkpoints) / "readings"
+    uris = {}
+    for name, mtime in [("in_archive.json", 9_000), ("archived.json", 3_000), ("locked.json", 7_000)]:
+        path, uris[name] = delivered(readings, name, mtime)
+        if name != "locked.json":
+            copy = ingestion_log.archive_path(archive, path)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, copy)
+    _, uris["taken.json"] = delivered(readings, "taken.json", 6_000)
+    delivered(readings, "taken.redelivered-6000.json", 6_000)
+    _, uris["planned.json"] = delivered(readings, "planned.json", 8_000)
+    # log ids 0-2 were read by Spark's batches 0 and 1 (a crash made batch 1 take two
+    # ids); log id 3 is planned for batch 2, which has not been committed
+    write_log(checkpoint, "0", [(uris["in_archive.json"], 4_000, 0)])
+    write_log(checkpoint, "1", [(uris["archived.json"], 3_000, 1)])
+    write_log(checkpoint, "2", [(uris["locked.json"], 1_000, 2), (uris["taken.json"], 2_000, 2)])
+    write_log(checkpoint, "3", [(uris["planned.json"], 5_000, 3)])
+    mark(checkpoint, "offsets", 0, 0)
+    mark(checkpoint, "commits", 0)
+    mark(checkpoint, "offsets", 1, 2)
+    mark(checkpoint, "commits", 1)
+    mark(checkpoint, "offsets", 2, 3)
+    real_rename = os.rename
+
+    def rename(source: Any, target: Any) -> None:
+        if Path(source).name == "locked.json":
+            raise PermissionError(13, "Permission denied")
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with caplog.at_level(logging.WARNING, logger="streaming.ingestion_log"):
+        renamed = ingestion_log.rename_redeliveries(cfg)
+
+    assert [p.name for p in renamed] == ["in_archive.redelivered-9000.json"]
+    assert renamed[0].parent == readings and renamed[0].stat().st_mtime_ns == 9_000 * 1_000_000
+    assert sorted(p.name for p in readings.iterdir()) == [
+        "in_archive.redelivered-9000.json",
+        "locked.json",
+        "planned.json",
+        "taken.json",
+        "taken.redelivered-6000.json",
+    ]
+    assert ingestion_log.archive_path(archive, readings / "archived.json").exists()  # as logged
+    assert "cannot be renamed" in caplog.text and "Permission denied" in caplog.text
+    assert "taken.redelivered-6000.json exists" in caplog.text
