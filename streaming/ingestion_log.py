@@ -405,26 +405,27 @@ def _archive_logged(logged: list[LoggedFile], archive_dir: Path) -> tuple[int, l
 REDELIVERED = ".redelivered-"
 # parsed source-log files by path and (size, mtime): a log file never changes once
 # Spark has written it, so each look at a long log parses only its new files
-_PARSED: dict[Path, tuple[tuple[int, int], list[LoggedFile]]] = {}
+_PARSED: dict[Path, tuple[tuple[int, int], list[tuple[LoggedFile, Path | None]]]] = {}
 _PARSED_LOCK = threading.Lock()  # a service's timer and its query starts both look
 
 
-def _cached_log(checkpoint: Path) -> list[LoggedFile]:
-    """`logged_files(checkpoint)`, parsing only the log files not parsed before (the
-    cache keeps the files this log is made of now, so it holds one log at most)."""
+def _cached_log(checkpoint: Path) -> list[tuple[LoggedFile, Path | None]]:
+    """`logged_files(checkpoint)`, each with its local path (None: not local),
+    parsing only the log files not parsed before (the cache keeps the files this
+    log is made of now, so it holds one log at most)."""
     with _PARSED_LOCK:
         return _cached_log_locked(checkpoint)
 
 
-def _cached_log_locked(checkpoint: Path) -> list[LoggedFile]:
-    entries: list[LoggedFile] = []
+def _cached_log_locked(checkpoint: Path) -> list[tuple[LoggedFile, Path | None]]:
+    entries: list[tuple[LoggedFile, Path | None]] = []
     paths = _log_files(checkpoint)
     for path in paths:
         stat = path.stat()
         key = (stat.st_size, stat.st_mtime_ns)
         cached = _PARSED.get(path)
         if cached is None or cached[0] != key:
-            cached = (key, _read_log_file(path))
+            cached = (key, [(entry, _local(entry.path)) for entry in _read_log_file(path)])
             _PARSED[path] = cached
         entries.extend(cached[1])
     for stale in set(_PARSED) - set(paths):  # compacted, or another generation's
@@ -461,19 +462,16 @@ def rename_redeliveries(cfg: Config, generation: Generation | None = None) -> li
         # a log file Spark compacted away while it was read (a service's timer runs
         # beside the query): the next look reads the log again
         return []
-    latest: dict[str, LoggedFile] = {}  # a path logged twice (a lowered max_file_age): its last entry
-    for entry in logged:
-        if entry.path not in latest or entry.batch_id >= latest[entry.path].batch_id:
-            latest[entry.path] = entry
+    # a path logged twice (a lowered max_file_age): its last entry
+    latest: dict[str, tuple[LoggedFile, Path | None]] = {}
+    for entry, local in logged:
+        if entry.path not in latest or entry.batch_id >= latest[entry.path][0].batch_id:
+            latest[entry.path] = (entry, local)
     archive = Path(cfg.archive_dir) if cfg.archive_dir and small_writes.local_path(cfg.archive_dir) else None
     renamed: list[Path] = []
-    for entry in latest.values():
-        if read_to is None or entry.batch_id > read_to:
+    for entry, path in latest.values():
+        if read_to is None or entry.batch_id > read_to or path is None:
             continue
-        local = small_writes.local_path(entry.path)
-        if local is None:
-            continue
-        path = Path(local)
         found = _changed_copy(path, entry, archive)
         if found is None:
             continue
@@ -502,6 +500,11 @@ def rename_redeliveries(cfg: Config, generation: Generation | None = None) -> li
         )
         renamed.append(target)
     return renamed
+
+
+def _local(uri: str) -> Path | None:
+    local = small_writes.local_path(uri)
+    return Path(local) if local is not None else None
 
 
 def _changed_copy(path: Path, entry: LoggedFile, archive: Path | None) -> tuple[Path, int] | None:
