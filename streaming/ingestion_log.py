@@ -425,7 +425,7 @@ def _cached_log_locked(checkpoint: Path) -> list[tuple[LoggedFile, Path | None]]
         key = (stat.st_size, stat.st_mtime_ns)
         cached = _PARSED.get(path)
         if cached is None or cached[0] != key:
-            cached = (key, [(entry, _local(entry.path)) for entry in _read_log_file(path)])
+            cached = (key, [(entry, local_folder(entry.path)) for entry in _read_log_file(path)])
             _PARSED[path] = cached
         entries.extend(cached[1])
     for stale in set(_PARSED) - set(paths):  # compacted, or another generation's
@@ -457,7 +457,9 @@ def rename_redeliveries(cfg: Config, generation: Generation | None = None) -> li
     try:
         committed = last_batch(checkpoint / "commits")
         read_to = source_offset(checkpoint, committed) if committed is not None else None
-        logged = _cached_log(checkpoint) if read_to is not None else []
+        if read_to is None:
+            return []  # no batch committed: nothing read yet
+        logged = _cached_log(checkpoint)
     except FileNotFoundError:
         # a log file Spark compacted away while it was read (a service's timer runs
         # beside the query): the next look reads the log again
@@ -470,7 +472,7 @@ def rename_redeliveries(cfg: Config, generation: Generation | None = None) -> li
     archive = Path(cfg.archive_dir) if cfg.archive_dir and small_writes.local_path(cfg.archive_dir) else None
     renamed: list[Path] = []
     for entry, path in latest.values():
-        if read_to is None or entry.batch_id > read_to or path is None:
+        if entry.batch_id > read_to or path is None:
             continue
         found = _changed_copy(path, entry, archive)
         if found is None:
@@ -500,11 +502,6 @@ def rename_redeliveries(cfg: Config, generation: Generation | None = None) -> li
         )
         renamed.append(target)
     return renamed
-
-
-def _local(uri: str) -> Path | None:
-    local = small_writes.local_path(uri)
-    return Path(local) if local is not None else None
 
 
 def _changed_copy(path: Path, entry: LoggedFile, archive: Path | None) -> tuple[Path, int] | None:

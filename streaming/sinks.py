@@ -108,11 +108,8 @@ def create_tables(
 def table_columns(spark: SparkSession, path: str) -> list[str]:
     """The column names of the Delta table at `path` (delta-rs reads a local
     table's schema from its log; Spark loads other tables' snapshots)."""
-    local = small_writes.local_path(path)
-    if local is not None:
-        from deltalake import DeltaTable as RsTable
-
-        return [field.name for field in RsTable(local).schema().fields]
+    if small_writes.is_local(path):
+        return small_writes.table_columns(path)
     return spark.read.format("delta").load(path).columns
 
 
@@ -140,6 +137,9 @@ class LakePaths:
         return f"{self.root}/{name}"
 
 
+_RAW_META_NAMES = {name.lower() for name in schemas.RAW_READINGS_META.fieldNames()}
+
+
 def raw_column_name(name: str) -> str:
     """A file's column name as a Delta column: reserved characters become `_`,
     names clashing (in any letter case) with the raw layer's own columns get a
@@ -149,9 +149,6 @@ def raw_column_name(name: str) -> str:
     if clean.lower() in _RAW_META_NAMES:
         clean = f"file_{clean}"
     return clean
-
-
-_RAW_META_NAMES = {name.lower() for name in schemas.RAW_READINGS_META.fieldNames()}
 
 
 def raw_column_names(

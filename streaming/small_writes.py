@@ -106,6 +106,11 @@ def _open(path: str) -> DeltaTable:
     return DeltaTable(_local(path))
 
 
+def table_columns(path: str) -> list[str]:
+    """The column names of the existing local table at `path`, from its log."""
+    return [field.name for field in _open(path).schema().fields]
+
+
 def _no_hook_checkpoint() -> Any:
     """delta-rs' own checkpoint hook off: `_checkpoint_like_spark` decides instead."""
     from deltalake import PostCommitHookProperties

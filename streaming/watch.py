@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import threading
 import time
 from pathlib import Path
@@ -10,11 +11,13 @@ from types import TracebackType
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from streaming.source import READINGS_GLOB
+
 
 def is_reading_file(path: str) -> bool:
-    """A complete readings file: `*.json`, not hidden or temporary (`.x`, `_x`)."""
-    name = Path(path).name
-    return name.endswith(".json") and not name.startswith((".", "_"))
+    """A complete readings file: a name the source reads (`source.READINGS_GLOB`:
+    `*.json`, not hidden or temporary, `.x` or `_x`)."""
+    return fnmatch.fnmatchcase(Path(path).name, READINGS_GLOB)
 
 
 class FileArrivals(FileSystemEventHandler):
