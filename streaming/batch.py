@@ -494,6 +494,8 @@ class Pipeline:
             F.lit(batch_id).cast("long").alias("batch_id"),
         )
         writer = sinks.writer_for(self.small_writes, path, rows=rows_count)
+        if writer == "spark":
+            writer = sinks.large_writer(self.small_writes, path, raw.columns, merge_schema=True)
         sinks.append_idempotent(raw, path, app_id, batch_id, merge_schema=True, writer=writer)
 
     def _write_quarantine(

