@@ -22,7 +22,6 @@ writer does (`can_append`) takes this path; any other goes through Spark.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -45,8 +44,25 @@ WRITABLE_FEATURES = frozenset({"appendOnly", "invariants", "timestampNtz"})
 STATS_COLUMNS = 32
 # Delta's default prefix length of string statistics
 STRING_PREFIX = 32
+# rows buffered before a row group is written, and a task's files open at once
+ROW_GROUP_ROWS = 250_000
+MAX_OPEN_FILES = 32
 # one row per file written
 FILES_SCHEMA = "path string, size long, modification_time long, partition_values string, stats string"
+FILES_ARROW = pa.schema(
+    [
+        ("path", pa.string()),
+        ("size", pa.int64()),
+        ("modification_time", pa.int64()),
+        ("partition_values", pa.string()),
+        ("stats", pa.string()),
+    ]
+)
+
+
+# field metadata of rules a column carries: SQL invariants, generated and identity
+# columns, CHAR/VARCHAR lengths (Spark's writer checks them; this one does not)
+_FIELD_RULES = (b"delta.invariants", b"delta.generation", b"delta.identity", b"__CHAR_VARCHAR_TYPE_STRING")
 
 
 class ParquetWriteError(RuntimeError):
@@ -55,10 +71,11 @@ class ParquetWriteError(RuntimeError):
 
 def can_append(path: str, columns: Sequence[str], merge_schema: bool = False) -> bool:
     """Whether an append of `columns` to the table at `path` can take this path:
-    a local table partitioned by dates or integers, with no rule this writer does
-    not keep (CHECK constraints, generated or identity columns, column mapping,
-    deletion vectors, ...), and every column one of its own by exact name, or
-    (`merge_schema`) a new one no column of the table matches in any case."""
+    a local table of flat columns partitioned by dates or integers, with no rule
+    this writer does not keep (CHECK constraints, SQL invariants, generated or
+    identity columns, CHAR/VARCHAR lengths, column mapping, deletion vectors, ...),
+    and every column one of its own by exact name, or (`merge_schema`) a new one
+    that no other column matches in any letter case."""
     if small_writes.local_path(path) is None:
         return False
     table = small_writes._open(path)
@@ -80,9 +97,7 @@ def can_append(path: str, columns: Sequence[str], merge_schema: bool = False) ->
         return False
     schema = pa.schema(table.schema().to_arrow())
     for f in schema:
-        if any(
-            k.startswith(b"delta.generation") or k.startswith(b"delta.identity") for k in f.metadata or {}
-        ):
+        if pa.types.is_nested(f.type) or any(k.startswith(_FIELD_RULES) for k in f.metadata or {}):
             return False
     for name in metadata.partition_columns:
         kind = schema.field(name).type
@@ -92,7 +107,8 @@ def can_append(path: str, columns: Sequence[str], merge_schema: bool = False) ->
     new = [name for name in columns if name not in held]
     if not new:
         return True
-    return merge_schema and not {name.lower() for name in new} & {name.lower() for name in held}
+    lowered = {name.lower() for name in new}
+    return merge_schema and len(lowered) == len(new) and not lowered & {name.lower() for name in held}
 
 
 def append(
@@ -108,8 +124,10 @@ def append(
     a Delta app transaction, as Spark's `txnAppId`/`txnVersion` do, and a replay
     that finds them (whichever writer recorded them) writes nothing. Columns of
     the table that `df` lacks are null. `merge_schema`: `df`'s columns the table
-    lacks are added first, in a commit of their own (nullable, so a crash between
-    the two commits leaves only an empty column, which the replay then fills).
+    lacks are added first, in a commit of their own (delta-rs commits files under
+    the table's schema as it is). So a write that fails after it (a crash, a
+    failed task, a null in a NOT NULL column) leaves the new columns empty in the
+    table, where Spark's `mergeSchema` would have added none; the replay fills them.
     """
     from deltalake import CommitProperties, Transaction
     from deltalake.schema import Field
@@ -139,7 +157,14 @@ def append(
     stats = stats_columns(schema, partitions, table.metadata().configuration)
     root = small_writes._local(path)
     writer = partial(write_files, root, schema, partitions, stats)
+    if partitions:  # a file per partition value and task, as Spark's writer sorts for
+        df = df.sortWithinPartitions(*partitions)
     files = df.mapInArrow(writer, FILES_SCHEMA).collect()
+    for row in files:
+        # an executor on another host with its own disk at this path would have
+        # written elsewhere: commit only files this table's folder holds
+        if not os.path.isfile(os.path.join(root, row["path"])):
+            raise ParquetWriteError(f"{row['path']}, written by an executor, is not in {root}")
     actions: list[AddAction | RemoveAction] = [
         AddAction(
             path=row["path"],
@@ -190,6 +215,8 @@ class _ColumnStats:
         if not self.bounded or values.null_count == len(values):
             return
         kind = values.type
+        if not _bounded_type(kind):
+            return
         if pa.types.is_floating(kind) and not pc.all(pc.is_finite(values)).as_py():
             self.bounded = False
             return
@@ -206,75 +233,117 @@ class _OpenFile:
     relative: str
     writer: Any  # pyarrow.parquet.ParquetWriter
     partition_values: dict[str, str | None]
+    columns: dict[str, _ColumnStats]
     rows: int = 0
-    columns: dict[str, _ColumnStats] = field(default_factory=dict)
+    pending: list[pa.RecordBatch] = field(default_factory=list)  # rows of the next row group
+    pending_rows: int = 0
+
+    def add(self, data: pa.RecordBatch) -> None:
+        self.pending.append(data)
+        self.pending_rows += data.num_rows
+        self.rows += data.num_rows
+        for name, column_stats in self.columns.items():
+            column_stats.add(data.column(name))
+
+    def flush(self) -> None:
+        """The pending rows as one row group."""
+        if self.pending:
+            self.writer.write_table(pa.Table.from_batches(self.pending), row_group_size=self.pending_rows)
+            self.pending, self.pending_rows = [], 0
 
 
-def write_files(
-    root: str, schema: pa.Schema, partitions: list[str], stats: list[str], batches: Iterator[pa.RecordBatch]
-) -> Iterator[pa.RecordBatch]:
-    """mapInArrow: one task's rows -> Parquet files under `root` (one per partition
-    value), and a row per file for the commit. A failure removes the task's files."""
-    import pyarrow.parquet as pq
+class _TaskFiles:
+    """One task's files: a file per partition value, its rows buffered into row groups
+    of up to `ROW_GROUP_ROWS` (Arrow hands over 10,000 rows at a time); at most
+    `MAX_OPEN_FILES` open at once (a value met again after its file was closed
+    gets another file)."""
 
-    files: dict[tuple[Any, ...], _OpenFile] = {}
-    task = uuid.uuid4()
-    data_schema = pa.schema([f for f in schema if f.name not in partitions])
-    try:
-        for batch in batches:
-            batch = _in_schema(batch, schema)
-            for key, part in _split(batch, partitions):
-                out = files.get(key)
-                if out is None:
-                    values = {p: _partition_value(v) for p, v in zip(partitions, key, strict=True)}
-                    folder = "".join(
-                        f"{p}={v if v is not None else '__HIVE_DEFAULT_PARTITION__'}/"
-                        for p, v in values.items()
-                    )
-                    relative = f"{folder}part-{len(files):05d}-{task}.c000.snappy.parquet"
-                    os.makedirs(os.path.join(root, folder), exist_ok=True)
-                    writer = pq.ParquetWriter(os.path.join(root, relative), data_schema, compression="snappy")
-                    out = files[key] = _OpenFile(
-                        relative, writer, values, columns={c: _ColumnStats() for c in stats}
-                    )
-                data = part.select(data_schema.names)
-                out.writer.write_batch(data)
-                out.rows += data.num_rows
-                for name, column_stats in out.columns.items():
-                    column_stats.add(data.column(name))
+    def __init__(self, root: str, schema: pa.Schema, partitions: list[str], stats: list[str]) -> None:
+        self.root, self.schema, self.partitions, self.stats = root, schema, partitions, stats
+        self.data_schema = pa.schema([f for f in schema if f.name not in partitions])
+        self.task = uuid.uuid4()
+        self.open: dict[tuple[Any, ...], _OpenFile] = {}  # least recently written first
+        self.closed: list[_OpenFile] = []
+        self.made: list[str] = []  # every file begun, for the clean-up
+
+    def add(self, key: tuple[Any, ...], part: pa.RecordBatch) -> None:
+        out = self.open.pop(key, None) or self._begin(key)
+        self.open[key] = out  # now the most recently written
+        out.add(part.select(self.data_schema.names))
+        if sum(f.pending_rows for f in self.open.values()) >= ROW_GROUP_ROWS:
+            max(self.open.values(), key=lambda f: f.pending_rows).flush()
+
+    def _begin(self, key: tuple[Any, ...]) -> _OpenFile:
+        import pyarrow.parquet as pq
+
+        if len(self.open) >= MAX_OPEN_FILES:
+            self._close(self.open.pop(next(iter(self.open))))
+        values = {p: _partition_value(v) for p, v in zip(self.partitions, key, strict=True)}
+        folder = "".join(
+            f"{p}={v if v is not None else '__HIVE_DEFAULT_PARTITION__'}/" for p, v in values.items()
+        )
+        relative = f"{folder}part-{len(self.made):05d}-{self.task}.c000.snappy.parquet"
+        os.makedirs(os.path.join(self.root, folder), exist_ok=True)
+        self.made.append(relative)
+        writer = pq.ParquetWriter(os.path.join(self.root, relative), self.data_schema, compression="snappy")
+        return _OpenFile(relative, writer, values, {c: _ColumnStats() for c in self.stats})
+
+    def _close(self, out: _OpenFile) -> None:
+        out.flush()
+        out.writer.close()
+        self.closed.append(out)
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Close every file; a row per file for the commit."""
+        while self.open:
+            self._close(self.open.pop(next(iter(self.open))))
         rows = []
-        for out in files.values():
-            out.writer.close()
-            status = os.stat(os.path.join(root, out.relative))
+        for out in self.closed:
+            status = os.stat(os.path.join(self.root, out.relative))
             rows.append(
                 {
                     "path": out.relative,
                     "size": status.st_size,
                     "modification_time": status.st_mtime_ns // 1_000_000,
                     "partition_values": json.dumps(out.partition_values),
-                    "stats": _stats_json(out, schema),
+                    "stats": _stats_json(out, self.schema),
                 }
             )
-    except BaseException:
-        for out in files.values():
+        return rows
+
+    def remove(self, error: BaseException) -> None:
+        """After a failure: close and remove every file begun. A clean-up step that
+        fails is noted on `error`, which the caller raises."""
+        for out in self.open.values():
             try:
                 out.writer.close()
-            finally:
-                with contextlib.suppress(FileNotFoundError):  # never made: nothing to remove
-                    os.remove(os.path.join(root, out.relative))
+            except Exception as exc:  # noted on the error being raised
+                error.add_note(f"closing {out.relative} after the failure failed too: {exc!r}")
+        for relative in self.made:
+            try:
+                os.remove(os.path.join(self.root, relative))
+            except FileNotFoundError:
+                pass  # never made on disk: nothing to remove
+            except OSError as exc:  # noted on the error being raised
+                error.add_note(f"{relative} could not be removed after the failure: {exc!r}")
+
+
+def write_files(
+    root: str, schema: pa.Schema, partitions: list[str], stats: list[str], batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow: one task's rows -> Parquet files under `root` (one per partition
+    value, `_TaskFiles`), and a row per file for the commit. A failure removes the
+    task's files and is raised."""
+    files = _TaskFiles(root, schema, partitions, stats)
+    try:
+        for batch in batches:
+            for key, part in _split(_in_schema(batch, schema), partitions):
+                files.add(key, part)
+        rows = files.finish()
+    except BaseException as error:
+        files.remove(error)
         raise
-    yield pa.RecordBatch.from_pylist(
-        rows,
-        schema=pa.schema(
-            [
-                ("path", pa.string()),
-                ("size", pa.int64()),
-                ("modification_time", pa.int64()),
-                ("partition_values", pa.string()),
-                ("stats", pa.string()),
-            ]
-        ),
-    )
+    yield pa.RecordBatch.from_pylist(rows, schema=FILES_ARROW)
 
 
 def _in_schema(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
@@ -285,8 +354,19 @@ def _in_schema(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         column = batch.column(index) if index >= 0 else pa.nulls(batch.num_rows, f.type)
         if not f.nullable and column.null_count:
             raise ParquetWriteError(f"NOT NULL column {f.name!r} holds {column.null_count} null value(s)")
+        if column.type != f.type and not _same_values(column.type, f.type):
+            raise ParquetWriteError(f"column {f.name!r} is {column.type}, the table's is {f.type}")
         columns.append(column.cast(f.type) if column.type != f.type else column)
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _same_values(given: pa.DataType, wanted: pa.DataType) -> bool:
+    """Types whose cast changes no value: instants in another time zone's
+    metadata, strings in another Arrow layout."""
+    if pa.types.is_timestamp(given) and pa.types.is_timestamp(wanted):
+        return given.unit == wanted.unit and (given.tz is None) == (wanted.tz is None)
+    strings = (pa.string(), pa.large_string(), pa.string_view())
+    return given in strings and wanted in strings
 
 
 def _split(batch: pa.RecordBatch, partitions: list[str]) -> Iterator[tuple[tuple[Any, ...], pa.RecordBatch]]:
@@ -310,12 +390,31 @@ def _partition_value(value: Any) -> str | None:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _millis(us: int, up: bool) -> str:
+def _bounded_type(kind: pa.DataType) -> bool:
+    """Types whose min and max this writer keeps (`_bound`)."""
+    return (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_date32(kind)
+        or pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or (pa.types.is_timestamp(kind) and kind.tz is not None)
+    )
+
+
+def _millis(us: int, up: bool) -> str | None:
     """A UTC timestamp's statistic, to the millisecond as Delta keeps them: a
-    lower bound rounded down, an upper bound up (still bounds)."""
+    lower bound rounded down, an upper bound up (still bounds); None where the
+    rounded instant is outside years 1-9999."""
     ms = -(-us // 1000) if up else us // 1000
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    try:
+        moment = _EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:
+        return None
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
+    )
 
 
 def _bound(kind: pa.DataType, value: Any, up: bool) -> Any:
@@ -328,7 +427,7 @@ def _bound(kind: pa.DataType, value: Any, up: bool) -> Any:
     if pa.types.is_timestamp(kind):
         return _millis(value, up) if kind.tz is not None else None  # TIMESTAMP_NTZ: none kept
     if pa.types.is_date32(kind):
-        return value.isoformat()
+        return f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         return value if not isinstance(value, float) or math.isfinite(value) else None
     return None  # booleans, binary, decimals, nested: no bounds kept

@@ -72,8 +72,13 @@ def latest_wins(readings_df: DataFrame) -> DataFrame:
 
     Contract: the file with the later modification time, then the greater name,
     then the later row in the file wins.
+
+    With a `reading_date` column (the local date: a function of the instant) the
+    date leads the window's keys, so each task's rows come out grouped by date
+    and staging's writer needs no sort of its own to write a file per date.
     """
-    order = Window.partitionBy("meterpoint_id", "interval_start").orderBy(
+    by_date = ["reading_date"] if "reading_date" in readings_df.columns else []
+    order = Window.partitionBy(*by_date, "meterpoint_id", "interval_start").orderBy(
         F.col("file_modification_time").desc(),
         F.col("source_file").desc(),
         F.col("row_index").desc(),

@@ -211,6 +211,15 @@ def test_a_table_with_a_rule_this_writer_does_not_keep_is_left_to_spark(
     by_name = str(tmp_path / "by_name")
     spark.range(1).withColumn("name", F.lit("x")).write.format("delta").partitionBy("name").save(by_name)
     assert not parquet_writes.can_append(by_name, ["id"])  # partitioned by a string
+    for columns in ("s VARCHAR(3)", "s STRUCT<a: INT>", "s MAP<STRING, STRING>"):
+        other = str(tmp_path / f"other{len(columns)}")
+        spark.sql(f"CREATE TABLE delta.`{other}` ({columns}) USING delta")
+        assert not parquet_writes.can_append(other, ["s"]), columns
+    # new columns must differ from each other too, in any letter case
+    raw = lake(sinks.RAW_READINGS)
+    sinks.create_tables(spark, lake, [sinks.RAW_READINGS])
+    assert parquet_writes.can_append(raw, ["Extra", "other"], merge_schema=True)
+    assert not parquet_writes.can_append(raw, ["Extra", "extra"], merge_schema=True)
     assert not parquet_writes.can_append("s3a://bucket/lake/staging/readings", ["meterpoint_id"])
 
 
@@ -242,3 +251,70 @@ def test_a_failing_task_removes_the_files_it_wrote(tmp_path: Path) -> None:
         "nullCount": {"kwh": 0},
     }
     assert (tmp_path / row["path"]).stat().st_size == row["size"]
+
+
+def test_a_task_writes_a_row_group_per_file_and_bounds_its_open_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([pa.field("day", pa.int64()), pa.field("kwh", pa.float64())])
+
+    def batch(days: list[int | None]) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pydict({"day": days, "kwh": [float(i) for i in range(len(days))]}, schema)
+
+    # rows grouped by partition value, handed over a few at a time: one file per
+    # value, its rows in one row group; NULL is the Hive default partition
+    grouped = [batch([1] * 3), batch([1, 1, 2]), batch([2] * 4), batch([None, None])]
+    (out,) = parquet_writes.write_files(str(tmp_path / "a"), schema, ["day"], ["kwh"], iter(grouped))
+    files = out.to_pylist()
+    assert [json.loads(f["partition_values"]) for f in files] == [{"day": "1"}, {"day": "2"}, {"day": None}]
+    assert files[2]["path"].startswith("day=__HIVE_DEFAULT_PARTITION__/")
+    for f, rows in zip(files, (5, 5, 2), strict=True):
+        meta = pq.ParquetFile(tmp_path / "a" / f["path"]).metadata
+        assert (meta.num_rows, meta.num_row_groups, json.loads(f["stats"])["numRecords"]) == (rows, 1, rows)
+    # at most two files open: a value met again after its file was closed gets another
+    monkeypatch.setattr(parquet_writes, "MAX_OPEN_FILES", 2)
+    mixed = [batch([1, 2]), batch([3]), batch([1, 2, 3])]
+    (out,) = parquet_writes.write_files(str(tmp_path / "b"), schema, ["day"], ["kwh"], iter(mixed))
+    files = out.to_pylist()
+    assert sorted(json.loads(f["partition_values"])["day"] for f in files) == ["1", "1", "2", "2", "3", "3"]
+    assert sum(json.loads(f["stats"])["numRecords"] for f in files) == 6
+    assert sum(pq.ParquetFile(tmp_path / "b" / f["path"]).metadata.num_rows for f in files) == 6
+    # a buffer over ROW_GROUP_ROWS is written as a row group of its own
+    monkeypatch.setattr(parquet_writes, "ROW_GROUP_ROWS", 4)
+    (out,) = parquet_writes.write_files(str(tmp_path / "c"), schema, [], ["kwh"], iter([batch([1] * 3)] * 3))
+    (f,) = out.to_pylist()
+    assert pq.ParquetFile(tmp_path / "c" / f["path"]).metadata.num_row_groups == 2  # 6 rows, then 3
+
+
+def test_timestamp_and_date_statistics_are_bounds_in_every_year() -> None:
+    instant = pa.timestamp("us", tz="UTC")
+    cases = [
+        (datetime(1969, 12, 31, 23, 59, 59, 999_001, tzinfo=UTC), False, "1969-12-31T23:59:59.999Z"),
+        (datetime(1969, 12, 31, 23, 59, 59, 999_001, tzinfo=UTC), True, "1970-01-01T00:00:00.000Z"),
+        (datetime(999, 1, 1, 0, 0, 0, 1, tzinfo=UTC), False, "0999-01-01T00:00:00.000Z"),
+        (datetime(999, 1, 1, 0, 0, 0, 1, tzinfo=UTC), True, "0999-01-01T00:00:00.001Z"),
+        (datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC), False, "9999-12-31T23:59:59.999Z"),
+        (datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC), True, None),  # no upper bound
+    ]
+    for moment, up, expected in cases:
+        us = pa.scalar(moment, instant).cast(pa.int64()).as_py()
+        assert parquet_writes._bound(instant, us, up) == expected, (moment, up)
+    assert parquet_writes._bound(pa.date32(), date(999, 3, 1), False) == "0999-03-01"
+    assert parquet_writes._bound(pa.timestamp("us"), 0, False) is None  # TIMESTAMP_NTZ
+    assert parquet_writes._bound(pa.string(), "é" * 32, True) == "é" * 32
+
+
+def test_a_column_of_another_type_fails_the_write(tmp_path: Path) -> None:
+    schema = pa.schema([pa.field("n", pa.int64()), pa.field("at", pa.timestamp("us", tz="UTC"))])
+    given = pa.RecordBatch.from_pydict(
+        {"n": ["1"], "at": pa.array([datetime(2021, 1, 1)], pa.timestamp("us", tz="Europe/London"))}
+    )
+    with pytest.raises(parquet_writes.ParquetWriteError, match="column 'n' is string, the table's is int64"):
+        list(parquet_writes.write_files(str(tmp_path), schema, [], [], iter([given])))
+    assert not list(tmp_path.rglob("*.parquet"))
+    # an instant in another zone's metadata is the same instant
+    fine = given.set_column(0, "n", pa.array([1]))
+    (out,) = parquet_writes.write_files(str(tmp_path), schema, [], ["at"], iter([fine]))
+    assert json.loads(out.to_pylist()[0]["stats"])["minValues"] == {"at": "2021-01-01T00:00:00.000Z"}
