@@ -287,19 +287,14 @@ class Pipeline:
         stamp = {"source_fingerprint": dims.fingerprint, "as_of": self.cfg.as_of.isoformat()}
         if dimensions.landed_metadata(self.spark, location, self.lake_writer) == stamp:
             return
-        # at most one row per agreement is written from the driver
-        writer = sinks.writer_for(self.small_writes, location, rows=agreements)
-        if writer == "delta-rs" and dims.agreement_rows is not None:
-            rows = dimensions.active_agreements_arrow(dims.agreement_rows, self.cfg.as_of)
-            small_writes.overwrite(location, rows, json.dumps(stamp))
-            return
         fresh = transforms.active_agreements(dims.agreements_df, self.cfg.as_of)
         sinks.overwrite(
             sinks.conform(fresh, schemas.ACTIVE_AGREEMENTS),
             location,
             schemas.ACTIVE_AGREEMENTS,
             json.dumps(stamp),
-            writer,
+            # at most one row per agreement comes to the driver
+            sinks.writer_for(self.small_writes, location, rows=agreements),
         )
 
     def maintain(self, retain_hours: float = 168.0) -> None:

@@ -16,7 +16,6 @@ import os
 import sqlite3
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -458,7 +457,6 @@ class Conformed:
     agreements_df: DataFrame
     fingerprint: str
     problems: dict[str, int]
-    agreement_rows: tuple[tuple[Any, ...], ...] | None = None  # agreements_df's rows, on the driver
 
     def unpersist(self) -> None:
         """Release the cached DataFrames (they are cached for reuse every batch)."""
@@ -500,36 +498,23 @@ def conformed_dataframes(spark: SparkSession, dims: Dimensions) -> Conformed:
         schemas.AGREEMENT_SEGMENTS,
     )
     meterpoints_df = spark.createDataFrame(sorted(regions.items()), schemas.METERPOINTS)
-    agreement_rows = tuple(
-        (
-            a.agreement_id,
-            a.meterpoint_id,
-            a.valid_from,
-            a.valid_to,
-            a.product_id,
-            products[a.product_id].display_name if a.product_id in products else None,
-            products[a.product_id].is_variable if a.product_id in products else None,
-        )
-        for a in agreements
+    agreements_df = spark.createDataFrame(
+        [
+            (
+                a.agreement_id,
+                a.meterpoint_id,
+                a.valid_from,
+                a.valid_to,
+                a.product_id,
+                products[a.product_id].display_name if a.product_id in products else None,
+                products[a.product_id].is_variable if a.product_id in products else None,
+            )
+            for a in agreements
+        ],
+        AGREEMENTS,
     )
-    agreements_df = spark.createDataFrame(list(agreement_rows), AGREEMENTS)
     for df in (segments_df, meterpoints_df, agreements_df):
         df.cache()
     if problems:
         log.warning("dimension problems: %s", dict(problems))
-    return Conformed(
-        segments_df, meterpoints_df, agreements_df, dims.fingerprint, dict(problems), agreement_rows
-    )
-
-
-def active_agreements_arrow(agreement_rows: Sequence[tuple[Any, ...]], as_of: date) -> pa.Table:
-    """`transforms.active_agreements` of the driver's agreement rows (in `AGREEMENTS`'
-    columns), in the table's Arrow schema: delta-rs writes it without a Spark job
-    (a cold JVM's first, about 3 s at start-up)."""
-    active = [
-        (agreement_id, meterpoint_id, display_name, is_variable)
-        for agreement_id, meterpoint_id, valid_from, valid_to, _, display_name, is_variable in agreement_rows
-        if valid_from < as_of and (valid_to is None or valid_to > as_of)
-    ]
-    schema = small_writes.arrow_schema(schemas.ACTIVE_AGREEMENTS)
-    return pa.Table.from_pylist([dict(zip(schema.names, row, strict=True)) for row in active], schema=schema)
+    return Conformed(segments_df, meterpoints_df, agreements_df, dims.fingerprint, dict(problems))
