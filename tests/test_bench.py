@@ -106,3 +106,34 @@ def test_the_warm_scenario_needs_the_backfills_files() -> None:
     with pytest.raises(SystemExit):
         bench.parse_args(["--only", "warm"])
     assert bench.parse_args(["--only", "backfill,warm"]).only == ["backfill", "warm"]
+
+
+def test_the_backfill_figure_is_the_median_of_its_cold_runs() -> None:
+    def run(wall: float, load: float) -> dict:
+        return {
+            "wall_s": wall,
+            "readings_per_s": round(720_000 / wall),
+            "batch_s": wall - 8,
+            "cpu_s": wall * 1.7,
+            "load_average_before": [load],
+            "memory": {"peak_rss_mb": 2500 + wall},
+        }
+
+    three = bench.median_run([run(32.6, 1.5), run(27.9, 2.0), run(29.4, 2.5)])
+    assert (three["wall_s"], three["load_average_before"]) == (29.4, [2.5])
+    assert [r["wall_s"] for r in three["runs"]] == [32.6, 27.9, 29.4]  # in the order run
+    assert three["runs"][0]["peak_rss_mb"] == 2532.6
+    assert bench.median_run([run(30.0, 1), run(28.0, 1)])["wall_s"] == 30.0  # the slower middle
+    (only,) = bench.median_run([run(31.0, 1)])["runs"]
+    assert only == {
+        "wall_s": 31.0,
+        "readings_per_s": 23226,
+        "batch_s": 23.0,
+        "cpu_s": 31.0 * 1.7,
+        "load_average_before": [1],
+        "peak_rss_mb": 2531.0,
+    }
+    assert bench.parse_args([]).backfill_runs == 3
+    assert bench.parse_args(["--quick"]).backfill_runs == 1
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--backfill-runs", "0"])
