@@ -9,7 +9,8 @@ driver commits those files in one delta-rs transaction, with the batch's app
 transaction where the append must be idempotent.
 
 This is what a Spark write job does, with the same guarantees:
-- a failed task removes its partial files and is retried; only the files of the
+- a failed task removes its partial files (and is retried where Spark retries
+  tasks, on a cluster; in local mode it fails the batch); only the files of the
   attempts that succeeded reach the driver, so only those are committed;
 - nothing is visible before the commit, and a crash before it leaves files no
   version names, which VACUUM removes;

@@ -256,7 +256,8 @@ class StagingChange:
         After the write, valid when `dates_were_empty` or on the small path
         (`cached` is None): on Spark's path the classing joins staging, and
         Spark's write to staging re-caches the plans that read it, so the
-        classing would then be recomputed against the rows just written.
+        classing would then be recomputed against the rows just written. A
+        commit by delta-rs (`parquet_writes`, `small_writes`) re-caches nothing.
         """
         return self.rows()
 

@@ -49,9 +49,10 @@ from pyspark.sql.types import DateType, StructType
 if TYPE_CHECKING:
     from deltalake import DeltaTable
 
-# Larger writes go through Spark: a presentation refresh of more local dates
-# would bring dates x 48 x products rows to the driver, a raw or staging write
-# of more rows a backfill's worth.
+# Larger writes do not pass through the driver: a presentation refresh of more
+# local dates would bring dates x 48 x products rows to it, a raw or staging
+# write of more rows a backfill's worth. Such a raw or staging append to a local
+# table is written by the executors (`parquet_writes`); the rest goes to Spark.
 MAX_DATES = 31
 MAX_ROWS = 100_000
 # A read of staging's rows of a batch's dates (to class its rows, and to

@@ -16,7 +16,7 @@ from pyspark.errors import PythonException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from streaming import parquet_writes, schemas, sinks
+from streaming import parquet_writes, schemas, sinks, small_writes
 
 DAY = date(2021, 3, 27)
 
@@ -318,3 +318,31 @@ def test_a_column_of_another_type_fails_the_write(tmp_path: Path) -> None:
     fine = given.set_column(0, "n", pa.array([1]))
     (out,) = parquet_writes.write_files(str(tmp_path), schema, [], ["at"], iter([fine]))
     assert json.loads(out.to_pylist()[0]["stats"])["minValues"] == {"at": "2021-01-01T00:00:00.000Z"}
+
+
+def test_new_keys_into_dates_staging_already_holds_are_appended_by_the_executors(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = sinks.LakePaths(str(tmp_path / "lake"))
+    sinks.create_tables(spark, lake, [sinks.STAGING])
+    path = lake(sinks.STAGING)
+    days = [DAY, DAY + timedelta(days=1)]
+    rows = staging_rows(spark, days=2, meterpoints=10)
+    held = rows.filter(F.col("meterpoint_id") < "0000000005")
+    sinks.merge_staging(spark, path, held, days, small_writes_setting="auto", batch_rows=100).release()
+    # a batch too large for the driver: half its keys held (equal), half new
+    monkeypatch.setattr(small_writes, "MAX_ROWS", 0)
+    change = sinks.merge_staging(spark, path, rows, days, small_writes_setting="auto", batch_rows=200)
+    try:
+        assert (change.inserted, change.updated, change.dates_were_empty) == (100, 0, False)
+        assert sorted(tuple(r) for r in change.written.collect()) == sorted(
+            tuple(r) for r in rows.filter(F.col("meterpoint_id") >= "0000000005").collect()
+        )
+    finally:
+        change.release()
+    assert commits(spark, path)[-1] == ("WRITE", "delta-rs")
+    assert table_rows(spark, path) == sorted(tuple(r) for r in rows.collect())
+    assert {f["path"].split("/")[0] for f in adds(path, RsTable(path).version())} == {
+        "reading_date=2021-03-27",
+        "reading_date=2021-03-28",
+    }
