@@ -715,7 +715,7 @@ def _backfill_run(
         "log": str(log_file),
     }
     say(
-        f"backfill: {which}: {wall:.1f} s wall (Spark up in {parsed['spark_startup_s']} s, "
+        f"backfill: {which}: {result['wall_s']:.1f} s wall (Spark up in {parsed['spark_startup_s']} s, "
         f"batch {batch_s:.1f} s), {result['readings_per_s']:,} readings/s, "
         f"peak RSS {result['memory']['peak_rss_mb']:.0f} MB"
     )
