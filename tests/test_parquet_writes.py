@@ -50,6 +50,13 @@ def staging_rows(spark: SparkSession, days: int = 3, meterpoints: int = 40) -> D
     return spark.createDataFrame(rows, schemas.STAGING_READINGS).repartition(3)
 
 
+def new_staging(spark: SparkSession, tmp: Path) -> str:
+    """An empty staging table of a new lake under `tmp`; its path."""
+    lake = sinks.LakePaths(str(tmp / "lake"))
+    sinks.create_tables(spark, lake, [sinks.STAGING])
+    return lake(sinks.STAGING)
+
+
 def table_rows(spark: SparkSession, path: str) -> list[tuple]:
     return sorted(tuple(r) for r in spark.read.format("delta").load(path).collect())
 
@@ -117,9 +124,7 @@ def test_the_executors_write_what_spark_writes_with_statistics_data_skipping_can
 def test_an_idempotent_append_is_written_once_whichever_writer_recorded_it(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    lake = sinks.LakePaths(str(tmp_path / "lake"))
-    sinks.create_tables(spark, lake, [sinks.STAGING])
-    path = lake(sinks.STAGING)
+    path = new_staging(spark, tmp_path)
     df = staging_rows(spark, days=1, meterpoints=5)
     sinks.append_idempotent(df, path, "app", 3, writer="spark")  # Spark's txnAppId/txnVersion
     version = RsTable(path).version()
@@ -137,9 +142,7 @@ def test_an_idempotent_append_is_written_once_whichever_writer_recorded_it(
 def test_a_null_in_a_not_null_column_fails_the_write_and_leaves_nothing(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    lake = sinks.LakePaths(str(tmp_path / "lake"))
-    sinks.create_tables(spark, lake, [sinks.STAGING])
-    path = lake(sinks.STAGING)
+    path = new_staging(spark, tmp_path)
     rows = staging_rows(spark, days=2, meterpoints=10)
     # one bad row among good ones: tasks that wrote files before it fail too
     bad = rows.withColumn(
@@ -323,9 +326,7 @@ def test_a_column_of_another_type_fails_the_write(tmp_path: Path) -> None:
 def test_new_keys_into_dates_staging_already_holds_are_appended_by_the_executors(
     spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lake = sinks.LakePaths(str(tmp_path / "lake"))
-    sinks.create_tables(spark, lake, [sinks.STAGING])
-    path = lake(sinks.STAGING)
+    path = new_staging(spark, tmp_path)
     days = [DAY, DAY + timedelta(days=1)]
     rows = staging_rows(spark, days=2, meterpoints=10)
     held = rows.filter(F.col("meterpoint_id") < "0000000005")
