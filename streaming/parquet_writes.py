@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from streaming import small_writes
 
@@ -48,8 +49,7 @@ STRING_PREFIX = 32
 # rows buffered before a row group is written, and a task's files open at once
 ROW_GROUP_ROWS = 250_000
 MAX_OPEN_FILES = 32
-# one row per file written
-FILES_SCHEMA = "path string, size long, modification_time long, partition_values string, stats string"
+# one row per file written (in Arrow on the executors, in Spark for `mapInArrow`)
 FILES_ARROW = pa.schema(
     [
         ("path", pa.string()),
@@ -59,6 +59,7 @@ FILES_ARROW = pa.schema(
         ("stats", pa.string()),
     ]
 )
+FILES_SCHEMA = from_arrow_schema(FILES_ARROW)
 
 
 # field metadata of rules a column carries: SQL invariants, generated and identity
@@ -139,8 +140,7 @@ def append(
     if app_id is not None:
         if batch_id is None:
             raise ValueError("an idempotent append needs the batch id with the app id")
-        seen = table.transaction_version(app_id)
-        if seen is not None and seen >= batch_id:
+        if small_writes.appended(table, app_id, batch_id):
             return
         once = CommitProperties(app_transactions=[Transaction(app_id, batch_id)])
     held = set(pa.schema(table.schema().to_arrow()).names)

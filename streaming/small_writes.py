@@ -345,8 +345,7 @@ def append_idempotent(
     from deltalake import CommitProperties, Transaction
 
     table = _open(path)
-    seen = table.transaction_version(app_id)
-    if seen is not None and seen >= batch_id:
+    if appended(table, app_id, batch_id):
         return
     data = df.toArrow()
     held = {f.name.lower(): f for f in pa.schema(table.schema().to_arrow())}
@@ -362,6 +361,14 @@ def append_idempotent(
         schema_mode="merge" if merge_schema else None,
         commit_properties=CommitProperties(app_transactions=[Transaction(app_id, batch_id)]),
     )
+
+
+def appended(table: DeltaTable, app_id: str, batch_id: int) -> bool:
+    """Whether the table records the app transaction (`app_id`, `batch_id`) or a
+    later one of `app_id`, whichever writer (Spark's `txnAppId`/`txnVersion`, or
+    delta-rs) committed it: an idempotent append then writes nothing."""
+    seen = table.transaction_version(app_id)
+    return seen is not None and seen >= batch_id
 
 
 def classed_rows(df: DataFrame, schema: StructType) -> tuple[pa.Table, int, int]:
