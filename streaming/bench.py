@@ -1,8 +1,9 @@
 """Benchmark of the real pipeline: backfill, DuckDB baseline, incremental day, watch latency.
 
-    python -m streaming.bench [--meterpoints 5000 --days 3 --backfill-runs 3 --out bench_out --quick]
+    python -m streaming.bench [--meterpoints 5000 --days 3 --backfill-runs 3 --scale 2]
+                              [--out bench_out] [--quick]
 
-Data comes from the package's generator (one file per meterpoint per day). Five
+Data comes from the package's generator (one file per meterpoint per day). The
 scenarios, each printed as it runs and saved with the machine's core count and
 the command line to `<out>/results.json` (and `<out>/results_<size>.json`, so
 memory at several sizes can be compared) plus a chart `<out>/benchmarks.png`:
@@ -13,6 +14,8 @@ memory at several sizes can be compared) plus a chart `<out>/benchmarks.png`:
    readings/s, and the batch duration from the `batch {...}` log line. Memory
    is the run with the highest peak RSS of the whole process tree (Python
    driver + JVM + Python workers, sampled every 0.2 s).
+1b. Scale: one more cold run at `--scale` times the meterpoints (default 2),
+   so every bench compares the peak memory of two input sizes of its own.
 2. DuckDB: the half-hour table computed straight from the same JSON files, timed
    the same way; the Spark/DuckDB ratio (a speed comparison, see DUCKDB_NOTE).
 2b. Warm: the backfill's files again, into new lakes, on a warm in-process
@@ -88,6 +91,7 @@ FULL = {
     "meterpoints": 5000,
     "days": 3,
     "backfill_runs": 3,
+    "scale": 2,
     "inc_meterpoints": 1000,
     "histories": "3,10,30",
     "latency_files": 5,
@@ -96,11 +100,12 @@ QUICK = {
     "meterpoints": 300,
     "days": 2,
     "backfill_runs": 1,
+    "scale": 2,
     "inc_meterpoints": 200,
     "histories": "2,4",
     "latency_files": 3,
 }
-SCENARIOS = ("backfill", "duckdb", "warm", "incremental", "latency")
+SCENARIOS = ("backfill", "scale", "duckdb", "warm", "incremental", "latency")
 WARM_RUNS = 2  # the backfill's files again on the warm session: the last run is reported
 # The incremental scenario with processed files archived (archive_dir: the
 # README's set-up for a folder that keeps growing, where the ingestion log
@@ -641,17 +646,20 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def bench_backfill(work: Path, meterpoints: int, days: int, runs: int = 1) -> dict[str, Any]:
-    """`runs` cold runs over the same files, each into a new lake: the median one."""
-    root = work / "backfill"
+def bench_backfill(
+    work: Path, meterpoints: int, days: int, runs: int = 1, name: str = "backfill"
+) -> dict[str, Any]:
+    """`runs` cold runs over the same files, each into a new lake: the median one.
+    `name`: the folder under `work` and the progress lines' prefix."""
+    root = work / name
     shutil.rmtree(root, ignore_errors=True)
-    say(f"backfill: generating {meterpoints} meterpoints x {days} days (one file per meterpoint-day)")
+    say(f"{name}: generating {meterpoints} meterpoints x {days} days (one file per meterpoint-day)")
     started = time.monotonic()
     summary = write_sample(
         root / "data", SampleSpec(meterpoints=meterpoints, days=days, start=START, seed=SEED)
     )
     say(
-        f"backfill: generated {summary['files']:,} files, {summary['readings']:,} readings "
+        f"{name}: generated {summary['files']:,} files, {summary['readings']:,} readings "
         f"in {time.monotonic() - started:.1f} s"
     )
     config = write_config(root)
@@ -659,26 +667,33 @@ def bench_backfill(work: Path, meterpoints: int, days: int, runs: int = 1) -> di
     for n in range(1, runs + 1):
         for state in ("lake", "checkpoints"):
             shutil.rmtree(root / state, ignore_errors=True)
-        results.append(_backfill_run(root, config, summary, meterpoints, days, n, runs))
+        results.append(_backfill_run(root, config, summary, meterpoints, days, n, runs, name))
     result = median_run(results)
     if runs > 1:
         walls = " / ".join(f"{r['wall_s']:.1f}" for r in result["runs"])
         say(
-            f"backfill: median of {runs} cold runs ({walls} s): {result['wall_s']:.1f} s wall, "
+            f"{name}: median of {runs} cold runs ({walls} s): {result['wall_s']:.1f} s wall, "
             f"{result['readings_per_s']:,} readings/s"
         )
     return result
 
 
 def _backfill_run(
-    root: Path, config: Path, summary: dict[str, Any], meterpoints: int, days: int, n: int, runs: int
+    root: Path,
+    config: Path,
+    summary: dict[str, Any],
+    meterpoints: int,
+    days: int,
+    n: int,
+    runs: int,
+    name: str = "backfill",
 ) -> dict[str, Any]:
     which = f"run {n} of {runs}"
     load_before = load_average()
-    say(f"backfill: cold run_stream.py (available-now), {which}, load average {load_before}")
+    say(f"{name}: cold run_stream.py (available-now), {which}, load average {load_before}")
 
     def progress(seconds: float, memory: TreeMemory) -> None:
-        say(f"backfill: running for {seconds:.0f} s, process tree RSS {memory.last / 2**20:.0f} MB")
+        say(f"{name}: running for {seconds:.0f} s, process tree RSS {memory.last / 2**20:.0f} MB")
 
     log_file = root / ("run_stream.log" if runs == 1 else f"run_stream_{n}.log")
     run = cold_run(config, log_file, progress=progress)
@@ -715,7 +730,7 @@ def _backfill_run(
         "log": str(log_file),
     }
     say(
-        f"backfill: {which}: {result['wall_s']:.1f} s wall (Spark up in {parsed['spark_startup_s']} s, "
+        f"{name}: {which}: {result['wall_s']:.1f} s wall (Spark up in {parsed['spark_startup_s']} s, "
         f"batch {batch_s:.1f} s), {result['readings_per_s']:,} readings/s, "
         f"peak RSS {result['memory']['peak_rss_mb']:.0f} MB"
     )
@@ -1072,30 +1087,55 @@ def _yes(flag: bool | None) -> str:
 
 
 def memory_by_size(out: Path, label: str, results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Peak backfill memory of every size recorded under `out` (this run included)."""
+    """Peak backfill memory of every size recorded under `out`, and of this run's
+    backfill and scale runs (marked `this_run`; they replace a recorded size of
+    the same meterpoints x days)."""
     sizes: dict[str, dict[str, Any]] = {}
     for path in sorted(out.glob("results_*.json")):
         try:
             other = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        backfill = other.get("backfill") or {}
-        if "memory" in backfill:
-            sizes[other.get("label", path.stem)] = _memory_entry(other.get("label", path.stem), backfill)
-    backfill = results.get("backfill") or {}
-    if "memory" in backfill:
-        sizes[label] = _memory_entry(label, backfill)
+        for key in ("backfill", "scale"):
+            run = other.get(key) or {}
+            if "memory" in run:
+                entry = _memory_entry(_size_label(run, other.get("label", path.stem)), run)
+                sizes[entry["label"]] = entry
+    for key in ("backfill", "scale"):
+        run = results.get(key) or {}
+        if "memory" in run:
+            entry = _memory_entry(_size_label(run, label), run, this_run=True)
+            sizes[entry["label"]] = entry
     return sorted(sizes.values(), key=lambda e: e["readings"])
 
 
-def _memory_entry(label: str, backfill: dict[str, Any]) -> dict[str, Any]:
+def _size_label(run: dict[str, Any], fallback: str) -> str:
+    if "meterpoints" in run and "days" in run:
+        return f"{run['meterpoints']}x{run['days']}"
+    return fallback
+
+
+def _memory_entry(label: str, backfill: dict[str, Any], this_run: bool = False) -> dict[str, Any]:
     return {
         "label": label,
         "readings": backfill["readings"],
         "files": backfill["files"],
         "peak_rss_mb": backfill["memory"]["peak_rss_mb"],
         "peak_parts_mb": backfill["memory"]["peak_parts_mb"],
+        "this_run": this_run,
     }
+
+
+def memory_flat(sizes: list[dict[str, Any]]) -> bool | None:
+    """Peak memory does not grow with the input: the largest input's peak is at
+    most MEMORY_FLAT_TOLERANCE x the smallest's. Judged on this run's sizes when it
+    measured two (the backfill and the scale run), else on every recorded size;
+    None with fewer than two."""
+    own = [m for m in sizes if m.get("this_run")]
+    judged = own if len(own) >= 2 else sizes
+    if len(judged) < 2:
+        return None
+    return bool(judged[-1]["peak_rss_mb"] <= MEMORY_FLAT_TOLERANCE * judged[0]["peak_rss_mb"])
 
 
 def _incremental_rows(inc: dict[str, Any], judged: bool) -> list[tuple[str, str, str, str]]:
@@ -1220,14 +1260,25 @@ def figures(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "",
             )
         )
+    sc = results.get("scale")
+    if sc and "wall_s" in sc:
+        rows.append(
+            (
+                f"backfill at {sc['meterpoints']:,} mp x {sc['days']} d (1 cold run)",
+                f"{sc['readings']:,} readings in {sc['wall_s']:.1f} s = {sc['readings_per_s']:,} "
+                f"readings/s (batch {sc['batch_s']:.1f} s); peak RSS {sc['memory']['peak_rss_mb']:.0f} MB",
+                "",
+                "",
+            )
+        )
     mem = results.get("memory_by_size") or []
     if mem:
         value = ", ".join(
-            f"{m['label']} ({m['readings']:,} readings): {m['peak_rss_mb']:.0f} MB" for m in mem
+            f"{m['label']} ({m['readings']:,} readings): {m['peak_rss_mb']:.0f} MB"
+            + ("" if m.get("this_run") else " (recorded earlier)")
+            for m in mem
         )
-        met: bool | None = None
-        if len(mem) >= 2:
-            met = mem[-1]["peak_rss_mb"] <= MEMORY_FLAT_TOLERANCE * mem[0]["peak_rss_mb"]
+        met = memory_flat(mem)
         rows.append(
             (
                 "peak memory by input size",
@@ -1416,6 +1467,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"cold backfill runs, the median reported (default {FULL['backfill_runs']})",
     )
     parser.add_argument(
+        "--scale",
+        type=int,
+        help="the scale scenario: one more cold backfill at this many times the meterpoints, "
+        f"to compare peak memory across input sizes (default {FULL['scale']})",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("bench_out"), help="output folder (default bench_out)"
     )
     parser.add_argument("--quick", action="store_true", help="a small version of everything (smoke test)")
@@ -1450,6 +1507,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.backfill_runs < 1:
         parser.error("--backfill-runs must be at least 1")
+    if args.scale < 2:
+        parser.error("--scale must be at least 2 (leave the scale scenario out with --only)")
     args.histories = sorted({int(h) for h in str(args.histories).split(",") if h.strip()})
     args.only = [s.strip() for s in args.only.split(",")] if args.only else list(SCENARIOS)
     unknown = set(args.only) - set(SCENARIOS)
@@ -1494,6 +1553,7 @@ def main(argv: list[str] | None = None) -> int:
             "meterpoints": args.meterpoints,
             "days": args.days,
             "backfill_runs": args.backfill_runs,
+            "scale": args.scale,
             "inc_meterpoints": args.inc_meterpoints,
             "histories": args.histories,
             "latency_files": args.latency_files,
@@ -1513,6 +1573,12 @@ def main(argv: list[str] | None = None) -> int:
             results,
             "backfill",
             lambda: bench_backfill(work, args.meterpoints, args.days, args.backfill_runs),
+        )
+    if "scale" in args.only:
+        _attempt(
+            results,
+            "scale",
+            lambda: bench_backfill(work, args.meterpoints * args.scale, args.days, 1, name="scale"),
         )
     backfill = results.get("backfill") or {}
     if "duckdb" in args.only and "wall_s" in backfill:

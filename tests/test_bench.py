@@ -162,3 +162,80 @@ def test_the_backfill_figure_is_the_median_of_its_cold_runs() -> None:
     assert bench.parse_args(["--quick"]).backfill_runs == 1
     with pytest.raises(SystemExit):
         bench.parse_args(["--backfill-runs", "0"])
+
+
+def test_the_scale_scenario_is_on_by_default_and_at_least_twice_the_input() -> None:
+    assert bench.parse_args([]).scale == 2
+    assert bench.parse_args(["--quick"]).scale == 2
+    assert "scale" in bench.parse_args([]).only
+    assert bench.parse_args(["--only", "scale"]).only == ["scale"]  # it generates its own files
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--scale", "1"])
+
+
+def _backfill_result(meterpoints: int, readings: int, peak_mb: float) -> dict:
+    return {
+        "meterpoints": meterpoints,
+        "days": 3,
+        "files": meterpoints * 3,
+        "readings": readings,
+        "wall_s": 30.0,
+        "readings_per_s": round(readings / 30.0),
+        "batch_s": 20.0,
+        "memory": {"peak_rss_mb": peak_mb, "peak_parts_mb": {"jvm": peak_mb - 900}},
+    }
+
+
+def test_memory_is_judged_on_this_runs_two_sizes_before_recorded_ones(tmp_path: Path) -> None:
+    # a quick run recorded earlier never fills the heap: against it the full
+    # size would look like growth (2,637 > 1.25 x 1,800)
+    recorded = {"label": "quick", "backfill": _backfill_result(300, 29_284, 1800.0)}
+    (tmp_path / "results_quick.json").write_text(json.dumps(recorded))
+    results = {
+        "backfill": _backfill_result(5000, 720_484, 2637.0),
+        "scale": _backfill_result(10000, 1_440_484, 3022.0),
+    }
+    sizes = bench.memory_by_size(tmp_path, "5000x3", results)
+    assert [(m["label"], m["this_run"]) for m in sizes] == [
+        ("300x3", False),
+        ("5000x3", True),
+        ("10000x3", True),
+    ]
+    assert bench.memory_flat(sizes) is True  # 3,022 <= 1.25 x 2,637
+    rows = {r[0]: r for r in bench.figures({"scale": results["scale"], "memory_by_size": sizes})}
+    row = rows["peak memory by input size"]
+    assert row[3] == "yes"
+    assert "300x3 (29,284 readings): 1800 MB (recorded earlier)" in row[1]
+    assert rows["backfill at 10,000 mp x 3 d (1 cold run)"][1] == (
+        "1,440,484 readings in 30.0 s = 48,016 readings/s (batch 20.0 s); peak RSS 3022 MB"
+    )
+
+    # growth between this run's own sizes is a NO
+    grown = {**results, "scale": _backfill_result(10000, 1_440_484, 3400.0)}
+    assert bench.memory_flat(bench.memory_by_size(tmp_path, "5000x3", grown)) is False
+    # one size of this run: judged with the recorded sizes (as before the scale scenario)
+    alone = bench.memory_by_size(tmp_path, "5000x3", {"backfill": results["backfill"]})
+    assert bench.memory_flat(alone) is False
+    # nothing to compare: no verdict
+    assert (
+        bench.memory_flat(
+            bench.memory_by_size(tmp_path / "none", "5000x3", {"backfill": results["backfill"]})
+        )
+        is None
+    )
+
+
+def test_a_recorded_scale_run_is_a_size_of_its_own(tmp_path: Path) -> None:
+    earlier = {
+        "label": "5000x3",
+        "backfill": _backfill_result(5000, 720_484, 2600.0),
+        "scale": _backfill_result(10000, 1_440_484, 3000.0),
+    }
+    (tmp_path / "results_5000x3.json").write_text(json.dumps(earlier))
+    # this run measured the 5000x3 size again: its figure replaces the recorded one
+    sizes = bench.memory_by_size(tmp_path, "5000x3", {"backfill": _backfill_result(5000, 720_484, 2700.0)})
+    assert [(m["label"], m["peak_rss_mb"], m["this_run"]) for m in sizes] == [
+        ("5000x3", 2700.0, True),
+        ("10000x3", 3000.0, False),
+    ]
+    assert bench.memory_flat(sizes) is True
