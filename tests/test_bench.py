@@ -171,6 +171,7 @@ def test_the_scale_scenario_is_on_by_default_and_at_least_twice_the_input() -> N
     assert bench.parse_args(["--only", "scale"]).only == ["scale"]  # it generates its own files
     with pytest.raises(SystemExit):
         bench.parse_args(["--scale", "1"])
+    assert bench.parse_args(["--only", "backfill", "--scale", "1"]).only == ["backfill"]  # not run
 
 
 def _backfill_result(meterpoints: int, readings: int, peak_mb: float) -> dict:
@@ -216,6 +217,11 @@ def test_memory_is_judged_on_this_runs_two_sizes_before_recorded_ones(tmp_path: 
     # one size of this run: judged with the recorded sizes (as before the scale scenario)
     alone = bench.memory_by_size(tmp_path, "5000x3", {"backfill": results["backfill"]})
     assert bench.memory_flat(alone) is False
+    # a scale run that failed is no verdict, whatever was recorded earlier
+    failed = {"scale": {"error": "RuntimeError: exited 1"}, "memory_by_size": alone}
+    failed_rows = {r[0]: r for r in bench.figures(failed)}
+    assert failed_rows["peak memory by input size"][3] == "n/a (the scale run failed)"
+    assert failed_rows["scale: FAILED"][1] == "RuntimeError: exited 1"
     # nothing to compare: no verdict
     assert (
         bench.memory_flat(
